@@ -1,0 +1,312 @@
+"""The ``.sarc`` container, version 1: written and read only here.
+
+Byte layout (all integers little-endian)::
+
+    offset      size   field
+    0           4      magic  b"SARC"
+    4           1      major format version (1); readers refuse other majors
+    5           1      minor format version (0); additive changes only
+    6           2      reserved, 0
+    8           4      L = header length in bytes (u32, at most 16 MiB)
+    12          4      CRC-32 of the header bytes
+    16          L      header: UTF-8 JSON object, fields in ``Header`` below
+    16+L        4      N = number of tile records (u32) = bands * tiles_y * tiles_x
+    20+L        16*N   tile table, one record per band-tile in order (band, tile row, tile col):
+                         u64 offset of the payload from the start of the file
+                         u32 payload length in bytes
+                         u32 CRC-32 of the payload
+    20+L+16N    4      CRC-32 of bytes [16+L, 20+L+16N) (count and table)
+    ...                tile payloads (non-overlapping, inside the file)
+
+Tile payload (one band, one tile of ``tile`` x ``tile`` pixels, smaller at the right/bottom)::
+
+    0    1   flags: bit 0 = mask present, bit 1 = empty (every pixel masked, no latent)
+    1    4   (if mask present) M = length of the zlib-compressed mask (u32)
+    5    M   (if mask present) zlib stream of uint8 classes, one per pixel of the tile (row-major):
+               0 = coded pixel, 1 = nodata / NaN, 2 = exact zero (log domain)
+    ...      (unless empty) range-coder words of the latent (u32 little-endian; see
+             ``sarcodec.entropy``); z has shape (hyper channels, ceil(ceil(th/16)/4), ceil(ceil(tw/16)/4))
+
+Header JSON fields: see ``Header``.  Floats are written with Python's shortest round-trip repr,
+so the preprocessing parameters are bit-exact; NaN nodata is written as the string "nan".
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+import zlib
+from dataclasses import asdict, dataclass, field
+
+MAGIC = b"SARC"
+MAJOR = 1
+MINOR = 0
+MAX_HEADER = 16 * 2**20
+MAX_DIM = 2**24
+MAX_BANDS = 4096
+DTYPES = ("uint8", "uint16", "int16", "float32")
+FLAG_MASK = 1
+FLAG_EMPTY = 2
+
+
+class FormatError(ValueError):
+    """The file is not a valid .sarc file; the message says what is wrong."""
+
+
+@dataclass
+class Header:
+    width: int
+    height: int
+    bands: int
+    dtype: str
+    tile: int
+    quality: int
+    model_id: str
+    model_name: str
+    mappings: list[dict]  # per band: sarcodec.preprocess.BandMapping.to_dict()
+    nodata: float | None = None
+    crs: str | None = None  # WKT
+    transform: list[float] | None = None  # affine a, b, c, d, e, f
+    gcps: list[list] = field(default_factory=list)  # [id, info, row, col, x, y, z]
+    gcp_crs: str | None = None
+    descriptions: list[str | None] = field(default_factory=list)
+    tags: dict = field(default_factory=dict)
+    band_tags: list[dict] = field(default_factory=list)
+    units: list[str | None] = field(default_factory=list)
+    scales: list[float] = field(default_factory=list)
+    offsets: list[float] = field(default_factory=list)
+    encoder: str = ""
+
+    @property
+    def tiles_y(self) -> int:
+        return -(-self.height // self.tile)
+
+    @property
+    def tiles_x(self) -> int:
+        return -(-self.width // self.tile)
+
+    @property
+    def n_tiles(self) -> int:
+        return self.bands * self.tiles_y * self.tiles_x
+
+    def tile_index(self, band: int, ty: int, tx: int) -> int:
+        return (band * self.tiles_y + ty) * self.tiles_x + tx
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        if d["nodata"] is not None and math.isnan(d["nodata"]):
+            d["nodata"] = "nan"
+        return json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "Header":
+        try:
+            d = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            raise FormatError(f"header is not valid JSON ({e.__class__.__name__})") from None
+        if not isinstance(d, dict):
+            raise FormatError("header is not a JSON object")
+        if d.get("nodata") == "nan":
+            d["nodata"] = float("nan")
+        names = cls.__dataclass_fields__
+        missing = [k for k in ("width", "height", "bands", "dtype", "tile", "quality", "model_id", "mappings") if k not in d]
+        if missing:
+            raise FormatError(f"header lacks field(s): {', '.join(missing)}")
+        try:
+            h = cls(**{k: v for k, v in d.items() if k in names})
+        except TypeError as e:
+            raise FormatError(f"header fields malformed: {e}") from None
+        h.validate()
+        return h
+
+    def validate(self) -> None:
+        def is_int(v: object) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for k in ("width", "height"):
+            v = getattr(self, k)
+            if not is_int(v) or not 1 <= v <= MAX_DIM:
+                raise FormatError(f"header field {k}={v!r} out of range 1..{MAX_DIM}")
+        if not is_int(self.bands) or not 1 <= self.bands <= MAX_BANDS:
+            raise FormatError(f"header field bands={self.bands!r} out of range 1..{MAX_BANDS}")
+        if self.dtype not in DTYPES:
+            raise FormatError(f"header dtype {self.dtype!r} not supported")
+        if not is_int(self.tile) or self.tile % 64 or not 64 <= self.tile <= 8192:
+            raise FormatError(f"header tile size {self.tile!r} invalid")
+        if not is_int(self.quality) or not 1 <= self.quality <= 8:
+            raise FormatError(f"header quality {self.quality!r} out of range 1..8")
+        if not isinstance(self.model_id, str) or len(self.model_id) != 16:
+            raise FormatError("header model id malformed")
+        if not isinstance(self.mappings, list) or len(self.mappings) != self.bands or not all(isinstance(m, dict) for m in self.mappings):
+            raise FormatError("header preprocessing parameters do not match the band count")
+        if self.nodata is not None and not isinstance(self.nodata, (int, float)):
+            raise FormatError("header nodata malformed")
+        if self.transform is not None and (not isinstance(self.transform, list) or len(self.transform) != 6):
+            raise FormatError("header transform malformed")
+        if not isinstance(self.gcps, list) or not isinstance(self.tags, dict):
+            raise FormatError("header georeferencing malformed")
+
+
+@dataclass
+class TileEntry:
+    offset: int
+    length: int
+    crc: int
+
+
+def pack(header: Header, payloads: list[bytes]) -> bytes:
+    """Serialise a whole file (in-memory variant of ``Writer``)."""
+    hj = header.to_json()
+    start = 16 + len(hj) + 4 + 16 * len(payloads) + 4
+    entries, off = [], start
+    for p in payloads:
+        entries.append(TileEntry(off, len(p), zlib.crc32(p)))
+        off += len(p)
+    return b"".join([prelude(hj), table_bytes(entries), *payloads])
+
+
+def prelude(hj: bytes) -> bytes:
+    if len(hj) > MAX_HEADER:
+        raise FormatError("header too large")
+    return MAGIC + struct.pack("<BBHII", MAJOR, MINOR, 0, len(hj), zlib.crc32(hj)) + hj
+
+
+def table_bytes(entries: list[TileEntry]) -> bytes:
+    body = struct.pack("<I", len(entries)) + b"".join(struct.pack("<QII", e.offset, e.length, e.crc) for e in entries)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def table_size(n: int) -> int:
+    return 4 + 16 * n + 4
+
+
+class Reader:
+    """Random access to a ``.sarc`` file object: validates everything before any tile is used."""
+
+    def __init__(self, f, size: int) -> None:
+        self.f = f
+        self.size = size
+        head = self._read(0, 16, "file header")
+        if head[:4] != MAGIC:
+            raise FormatError("not a .sarc file (bad magic)")
+        major, minor, _, hlen, hcrc = struct.unpack("<BBHII", head[4:16])
+        if major != MAJOR:
+            raise FormatError(f"unsupported .sarc format version {major}.{minor} (this sarcodec reads {MAJOR}.x)")
+        if hlen > MAX_HEADER or 16 + hlen > size:
+            raise FormatError("truncated file or header length out of range")
+        hj = self._read(16, hlen, "header")
+        if zlib.crc32(hj) != hcrc:
+            raise FormatError("header checksum mismatch (file corrupt)")
+        self.header = Header.from_json(hj)
+        n_expected = self.header.n_tiles
+        tstart = 16 + hlen
+        n_raw = self._read(tstart, 4, "tile table")
+        (n,) = struct.unpack("<I", n_raw)
+        if n != n_expected:
+            raise FormatError(f"tile table has {n} entries, header implies {n_expected}")
+        if tstart + table_size(n) > size:
+            raise FormatError("truncated file (tile table)")
+        body = self._read(tstart, 4 + 16 * n, "tile table")
+        (tcrc,) = struct.unpack("<I", self._read(tstart + 4 + 16 * n, 4, "tile table"))
+        if zlib.crc32(body) != tcrc:
+            raise FormatError("tile table checksum mismatch (file corrupt)")
+        data_start = tstart + table_size(n)
+        self.entries = []
+        spans = []
+        for i in range(n):
+            off, length, crc = struct.unpack_from("<QII", body, 4 + 16 * i)
+            if off < data_start or off + length > size:
+                raise FormatError(f"tile {i} lies outside the file (offset {off}, length {length})")
+            self.entries.append(TileEntry(off, length, crc))
+            spans.append((off, off + length))
+        spans.sort()
+        for (a0, a1), (b0, b1) in zip(spans, spans[1:]):
+            if b0 < a1 and a1 > a0 and b1 > b0:
+                raise FormatError("tile payloads overlap")
+
+    def _read(self, off: int, n: int, what: str) -> bytes:
+        self.f.seek(off)
+        b = self.f.read(n)
+        if len(b) != n:
+            raise FormatError(f"truncated file ({what})")
+        return b
+
+    def payload(self, index: int) -> bytes:
+        e = self.entries[index]
+        b = self._read(e.offset, e.length, f"tile {index}")
+        if zlib.crc32(b) != e.crc:
+            raise FormatError(f"tile {index} checksum mismatch (file corrupt)")
+        return b
+
+
+class Writer:
+    """Streams a ``.sarc`` file: prelude, a reserved tile table, payloads, then the table."""
+
+    def __init__(self, f, header: Header) -> None:
+        self.f = f
+        self.header = header
+        hj = header.to_json()
+        f.write(prelude(hj))
+        self.table_at = f.tell()
+        self.entries: list[TileEntry | None] = [None] * header.n_tiles
+        f.write(b"\0" * table_size(header.n_tiles))
+
+    def add(self, index: int, payload: bytes) -> None:
+        off = self.f.seek(0, 2)
+        self.f.write(payload)
+        self.entries[index] = TileEntry(off, len(payload), zlib.crc32(payload))
+
+    def finish(self) -> int:
+        missing = [i for i, e in enumerate(self.entries) if e is None]
+        if missing:
+            raise FormatError(f"{len(missing)} tiles were not written")
+        end = self.f.seek(0, 2)
+        self.f.seek(self.table_at)
+        self.f.write(table_bytes(self.entries))  # type: ignore[arg-type]
+        self.f.seek(end)
+        return end
+
+
+def pack_tile(latent: bytes, mask: "bytes | None" = None, empty: bool = False) -> bytes:
+    """Tile payload: flags, optional zlib mask of per-pixel classes, latent words."""
+    flags = (FLAG_MASK if mask is not None else 0) | (FLAG_EMPTY if empty else 0)
+    out = [bytes([flags])]
+    if mask is not None:
+        z = zlib.compress(mask, 9)
+        out += [struct.pack("<I", len(z)), z]
+    if not empty:
+        out.append(latent)
+    return b"".join(out)
+
+
+def unpack_tile(payload: bytes, npix: int) -> tuple[bytes | None, bool, bytes]:
+    """-> (mask classes as bytes of length npix or None, empty, latent bytes)."""
+    if not payload:
+        raise FormatError("empty tile payload")
+    flags = payload[0]
+    if flags & ~(FLAG_MASK | FLAG_EMPTY):
+        raise FormatError("unknown tile flags")
+    pos, mask = 1, None
+    if flags & FLAG_MASK:
+        if len(payload) < 5:
+            raise FormatError("truncated tile mask")
+        (mlen,) = struct.unpack_from("<I", payload, 1)
+        if 5 + mlen > len(payload):
+            raise FormatError("tile mask length out of range")
+        d = zlib.decompressobj()
+        try:
+            mask = d.decompress(payload[5 : 5 + mlen], npix + 1)
+        except zlib.error:
+            raise FormatError("tile mask is corrupt") from None
+        if len(mask) != npix or not d.eof:
+            raise FormatError("tile mask has the wrong size")
+        if max(mask, default=0) > 2:
+            raise FormatError("tile mask has unknown classes")
+        pos = 5 + mlen
+    empty = bool(flags & FLAG_EMPTY)
+    latent = payload[pos:]
+    if empty and latent:
+        raise FormatError("empty tile carries latent data")
+    if empty and (mask is None or 0 in mask):
+        raise FormatError("empty tile without a full mask")
+    return mask, empty, latent

@@ -1,0 +1,312 @@
+"""The ``sarcodec`` command line: a thin typer layer over the Python API.
+
+Exit codes: 0 success, 2 bad input or usage, 1 other failures, 130 interrupted.
+Errors are one line on stderr, never a traceback; outputs are written atomically.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="sarcodec: learned compression for SAR imagery.")
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".img", ".vrt", ".png", ".jpg", ".jpeg", ".jp2")
+
+
+@app.callback()
+def _root() -> None:
+    """sarcodec: learned compression for SAR imagery."""
+
+
+def _fail(msg: str, code: int) -> None:
+    print(f"sarcodec: error: {msg}", file=sys.stderr, flush=True)
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    """Map every failure to one line on stderr and an exit code."""
+    from .bitstream import FormatError
+    from .codec import DecodeError
+    from .entropy import EntropyError
+    from .io import InputError
+    from .weights import WeightsError
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except (InputError, FormatError, DecodeError, EntropyError) as e:
+        _fail(str(e), 2)
+    except WeightsError as e:
+        _fail(str(e), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted; no output written", 130)
+    except MemoryError:
+        _fail("out of memory", 1)
+    except OSError as e:
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        _fail(f"{where}{e.strerror or e}", 1)
+    except Exception as e:  # noqa: BLE001 - last resort: still one line, no traceback
+        _fail(f"internal error ({e.__class__.__name__}: {e})", 1)
+
+
+@contextlib.contextmanager
+def _progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=Console(stderr=True), transient=True) as p:
+        task = p.add_task(label, total=None)
+        yield lambda done, total: p.update(task, completed=done, total=total)
+
+
+def _emit(report, verb: str, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(vars(report)))
+    else:
+        print(report.line(verb), file=sys.stderr)
+
+
+def _parse_window(s: str | None) -> tuple[int, int, int, int] | None:
+    if s is None:
+        return None
+    try:
+        parts = tuple(int(v) for v in s.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 4:
+        _fail("--window must be COL,ROW,WIDTH,HEIGHT (four integers)", 2)
+    return parts  # type: ignore[return-value]
+
+
+def _load(weights: Path | None):
+    from .weights import load
+
+    return load(weights)
+
+
+def _expand_inputs(inputs: list[Path], output: Path, suffix: str) -> list[tuple[Path, Path]]:
+    from .io import InputError
+
+    if len(inputs) == 1 and not inputs[0].is_dir():
+        return [(inputs[0], output)]
+    files: list[Path] = []
+    for p in inputs:
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in ((".sarc",) if suffix != ".sarc" else RASTER_SUFFIXES))
+        elif p.exists():
+            files.append(p)
+        else:
+            raise InputError(f"{p}: no such file")
+    if not files:
+        raise InputError("no input files found")
+    if output.exists() and not output.is_dir():
+        raise InputError(f"{output}: must be a directory when encoding several inputs")
+    output.mkdir(parents=True, exist_ok=True)
+    return [(f, output / (f.stem + suffix)) for f in files]
+
+
+def _run_many(jobs: list[tuple[Path, Path]], fn: Callable, workers: int, as_json: bool, verb: str, **kw) -> None:
+    """Run ``fn(src, dst, **kw)`` on several files; failures are reported per file, exit 1 if any."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    failures = 0
+    if workers > 1:
+        with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(workers,)) as ex:
+            results = list(ex.map(_safe_call, [fn] * len(jobs), jobs, [kw] * len(jobs)))
+    else:
+        results = [_safe_call(fn, job, kw) for job in jobs]
+    for (src, _), (report, err) in zip(jobs, results):
+        if err:
+            failures += 1
+            print(f"sarcodec: error: {src}: {err}", file=sys.stderr)
+        else:
+            _emit(report, verb, as_json)
+    if failures:
+        raise typer.Exit(1)
+
+
+def _worker_init(workers: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def _safe_call(fn: Callable, job: tuple[Path, Path], kw: dict):
+    try:
+        kw = dict(kw)
+        kw["model"] = _load(kw.pop("weights"))  # per process: models are not shared across processes
+        return fn(job[0], job[1], **kw), None
+    except Exception as e:  # noqa: BLE001 - reported per file
+        return None, str(e)
+
+
+@app.command()
+def encode(
+    inputs: list[Path] = typer.Argument(..., help="Input raster(s) or folder, then the output .sarc (or output folder)."),
+    quality: int = typer.Option(4, "--quality", "-q", min=1, max=8, help="1 = smallest file, 8 = most faithful."),
+    domain: str = typer.Option("auto", help="auto, identity, log (linear amplitude/intensity) or db (values already in dB)."),
+    tile: int = typer.Option(1024, help="Tile size in pixels (multiple of 64): the unit of random access."),
+    weights: Optional[Path] = typer.Option(None, help="Weights file (default: the shipped model)."),
+    workers: int = typer.Option(1, min=1, help="Parallel processes when encoding several files."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file on stdout."),
+) -> None:
+    """Compress SAR raster(s) to .sarc."""
+    from .codec import encode_file
+
+    with _errors():
+        if len(inputs) < 2:
+            _fail("need an INPUT and an OUTPUT", 2)
+        jobs = _expand_inputs(inputs[:-1], inputs[-1], ".sarc")
+        if len(jobs) == 1:
+            model = _load(weights)
+            with _progress("encoding", not as_json and sys.stderr.isatty()) as prog:
+                report = encode_file(jobs[0][0], jobs[0][1], quality, force=force, domain=domain, tile=tile, model=model, progress=prog)
+            _emit(report, "encoded", as_json)
+        else:
+            _run_many(jobs, encode_file, workers, as_json, "encoded", quality=quality, force=force, domain=domain, tile=tile, weights=weights)
+
+
+@app.command()
+def decode(
+    inputs: list[Path] = typer.Argument(..., help="Input .sarc file(s) or folder, then the output GeoTIFF (or folder)."),
+    window: Optional[str] = typer.Option(None, help="Decode only COL,ROW,WIDTH,HEIGHT (pixels)."),
+    weights: Optional[Path] = typer.Option(None, help="Weights file (default: the shipped model)."),
+    workers: int = typer.Option(1, min=1),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file on stdout."),
+) -> None:
+    """Decompress .sarc file(s) to GeoTIFF."""
+    from .codec import decode_file
+
+    with _errors():
+        if len(inputs) < 2:
+            _fail("need an INPUT and an OUTPUT", 2)
+        win = _parse_window(window)
+        jobs = _expand_inputs(inputs[:-1], inputs[-1], ".tif")
+        if len(jobs) == 1:
+            model = _load(weights)
+            with _progress("decoding", not as_json and sys.stderr.isatty()) as prog:
+                report = decode_file(jobs[0][0], jobs[0][1], force=force, window=win, model=model, progress=prog)
+            _emit(report, "decoded", as_json)
+        else:
+            _run_many(jobs, decode_file, workers, as_json, "decoded", force=force, window=win, weights=weights)
+
+
+@app.command()
+def info(
+    input: Path = typer.Argument(..., help="A .sarc file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
+    """Describe a .sarc file without decoding it."""
+    from .codec import info as sarc_info
+
+    with _errors():
+        d = sarc_info(input)
+        if as_json:
+            print(json.dumps(d))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(show_header=False, box=None)
+        for k, v in d.items():
+            if k == "crs" and v:
+                v = v[:60] + ("..." if len(v) > 60 else "")
+            if k == "bpp":
+                v = f"{v:.4f}"
+            t.add_row(k, str(v))
+        Console().print(t)
+
+
+@app.command()
+def demo(
+    quality: Optional[list[int]] = typer.Option(None, "--quality", "-q", help="Qualities to run (default: all)."),
+    keep: Optional[Path] = typer.Option(None, help="Folder to keep the .sarc and decoded files in."),
+) -> None:
+    """Encode and decode the bundled Sentinel-1 sample at every quality; print bytes, bpp and PSNR."""
+    import tempfile
+
+    import numpy as np
+    import rasterio
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import metrics
+    from .codec import decode_file, encode_file
+
+    with _errors():
+        src = Path(__file__).parent / "data" / "demo-s1-vh.tif"
+        model = _load(None)
+        qs = quality or list(range(1, 9))
+        with tempfile.TemporaryDirectory() as td:
+            out = keep or Path(td)
+            out.mkdir(parents=True, exist_ok=True)
+            with rasterio.open(src) as ds:
+                ref = ds.read()
+            t = Table(title=f"sarcodec demo: {src.name} ({ref.shape[2]}x{ref.shape[1]} uint8, Sentinel-1 VH), model {model.name}")
+            for col in ("quality", "bytes", "bpp", "ratio", "PSNR dB", "encode s", "decode s"):
+                t.add_column(col, justify="right")
+            for q in qs:
+                e = encode_file(src, out / f"demo-q{q}.sarc", q, force=True, model=model)
+                d = decode_file(out / f"demo-q{q}.sarc", out / f"demo-q{q}.tif", force=True, model=model)
+                with rasterio.open(out / f"demo-q{q}.tif") as ds:
+                    rec = ds.read()
+                t.add_row(str(q), f"{e.bytes:,}", f"{e.bpp:.3f}", f"{e.ratio:.1f}", f"{metrics.psnr(ref, rec, 255.0):.2f}",
+                          f"{e.seconds:.2f}", f"{d.seconds:.2f}")
+                assert rec.shape == ref.shape and rec.dtype == np.uint8
+            Console().print(t)
+
+
+@app.command()
+def train(
+    data: list[Path] = typer.Option(..., "--data", help="Folder or raster file with training images (repeatable)."),
+    out: Path = typer.Option(..., "--out", help="Exported weights file, e.g. weights/NAME.pt (checkpoint: NAME.ckpt)."),
+    val: Optional[list[Path]] = typer.Option(None, "--val", help="Validation folder/files; default: hold out --val-split of --data."),
+    val_split: float = typer.Option(0.05, help="Fraction of --data files held out for validation when --val is not given."),
+    steps: int = typer.Option(20000, help="Maximum number of optimiser steps."),
+    max_minutes: float = typer.Option(0.0, help="Stop after this much training time (0: no limit); the LR schedule follows it."),
+    batch: int = typer.Option(6),
+    crop: int = typer.Option(192, help="Crop size (multiple of 64)."),
+    lr: float = typer.Option(2e-4),
+    seed: int = typer.Option(0),
+    val_every: int = typer.Option(1000),
+    checkpoint_every: int = typer.Option(250),
+    resume: bool = typer.Option(False, help="Continue from OUT's .ckpt."),
+    compile: bool = typer.Option(False, "--compile", help="Use torch.compile (off by default; broken on some platforms)."),
+    device: str = typer.Option("auto", help="auto (CUDA if present), cpu or cuda."),
+    threads: int = typer.Option(0, help="torch CPU threads (0: torch default)."),
+) -> None:
+    """Train a model (rate-distortion, all eight qualities at once) and export it."""
+    from .train import TrainConfig, train as run
+
+    with _errors():
+        if crop % 64:
+            _fail("--crop must be a multiple of 64", 2)
+        cfg = TrainConfig(
+            data=[str(d) for d in data], out=str(out), val=[str(v) for v in (val or [])], val_split=val_split, steps=steps,
+            max_minutes=max_minutes, batch=batch, crop=crop, lr=lr, seed=seed, val_every=val_every,
+            checkpoint_every=checkpoint_every, resume=resume, compile=compile, device=device, threads=threads,
+        )
+        run(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,443 @@
+"""Encode and decode rasters tile by tile: the Python API behind the CLI.
+
+Tiling (seam-free, streaming):
+
+* The image of each band is split into ``tile`` x ``tile`` pixel tiles (default 1024).  Each tile
+  codes its own part of one continuous latent grid (1/16 resolution): the analysis transform runs on
+  the tile plus a ``HALO_PX`` margin of real neighbouring pixels and the result is cropped, so the
+  latent does not depend on where tiles are cut.
+* The hyper-prior (z and the entropy model) is per tile, so every tile entropy-decodes on its own.
+* The synthesis transform runs on the tile's latent plus ``HALO_LAT`` latent pixels of its
+  neighbours (decoded as needed, cached one tile row back), and is cropped: no seams at tile borders.
+* Only the current tile and its neighbours' latents are in memory, so peak memory depends on the
+  tile size, not on the image size.
+
+Masking: pixels equal to nodata (or NaN) and, in the log domain, exact zeros are stored losslessly
+in a per-tile class mask and decode to exactly nodata / NaN / 0.  Tiles with no valid pixel carry no
+latent at all.  +-Inf is refused.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import __version__, bitstream
+from .bitstream import FormatError, Header
+from .io import InputError
+from .preprocess import BandMapping, choose_domain, fit_mapping, to_dtype
+from .weights import CodecModel
+from .weights import load as load_weights
+
+HALO_PX = 64
+HALO_LAT = 4
+SAMPLE_PIXELS = 4_000_000
+U_CLIP = (-0.5, 1.5)
+CLASS_VALID, CLASS_NODATA, CLASS_ZERO = 0, 1, 2
+
+Progress = Callable[[int, int], None]
+
+
+class DecodeError(ValueError):
+    """The file cannot be decoded with the given model."""
+
+
+class BandSource(Protocol):
+    def read(self, band: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray: ...
+
+    def sample(self, band: int, max_pixels: int) -> np.ndarray: ...
+
+
+class ArraySource:
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def read(self, band: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        return self.array[band, r0:r1, c0:c1]
+
+    def sample(self, band: int, max_pixels: int) -> np.ndarray:
+        a = self.array[band]
+        step = max(1, math.ceil(math.sqrt(a.size / max_pixels)))
+        return a[::step, ::step]
+
+
+class RasterSource:
+    def __init__(self, ds) -> None:
+        self.ds = ds
+
+    def read(self, band: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+        from .io import read_window
+
+        return read_window(self.ds, band, r0, r1, c0, c1)
+
+    def sample(self, band: int, max_pixels: int) -> np.ndarray:
+        from .io import read_sample
+
+        return read_sample(self.ds, band, max_pixels)
+
+
+def pixel_classes(v: np.ndarray, nodata: float | None, domain: str) -> np.ndarray:
+    cls = np.zeros(v.shape, dtype=np.uint8)
+    if v.dtype.kind == "f":
+        if np.isinf(v).any():
+            raise InputError("input contains +-Inf values; replace them or declare them nodata")
+        cls[np.isnan(v)] = CLASS_NODATA
+    if nodata is not None and not math.isnan(nodata):
+        cls[v == nodata] = CLASS_NODATA
+    if domain == "log":
+        cls[(v <= 0) & (cls == CLASS_VALID)] = CLASS_ZERO
+    return cls
+
+
+def fit_band(source: BandSource, band: int, dtype: np.dtype, nodata: float | None, domain: str) -> BandMapping:
+    s = source.sample(band, SAMPLE_PIXELS)
+    dom = choose_domain(dtype, s[np.isfinite(s)] if s.dtype.kind == "f" else s, domain)
+    cls = pixel_classes(s, nodata, dom)
+    return fit_mapping(dtype, s[cls == CLASS_VALID], dom)
+
+
+@dataclass
+class Grid:
+    """Geometry shared by encoder and decoder."""
+
+    height: int
+    width: int
+    tile: int
+
+    @property
+    def lat_h(self) -> int:
+        return -(-self.height // 16)
+
+    @property
+    def lat_w(self) -> int:
+        return -(-self.width // 16)
+
+    @property
+    def tiles_y(self) -> int:
+        return -(-self.height // self.tile)
+
+    @property
+    def tiles_x(self) -> int:
+        return -(-self.width // self.tile)
+
+    def pixels(self, ty: int, tx: int) -> tuple[int, int, int, int]:
+        t = self.tile
+        return ty * t, min((ty + 1) * t, self.height), tx * t, min((tx + 1) * t, self.width)
+
+    def latents(self, ty: int, tx: int) -> tuple[int, int, int, int]:
+        lt = self.tile // 16
+        return ty * lt, min((ty + 1) * lt, self.lat_h), tx * lt, min((tx + 1) * lt, self.lat_w)
+
+
+def _pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    if a.shape == (h, w):
+        return a
+    return np.pad(a, ((0, h - a.shape[0]), (0, w - a.shape[1])), mode="edge")
+
+
+class Encoder:
+    def __init__(self, model: CodecModel, quality: int, tile: int) -> None:
+        if not 1 <= quality <= model.cfg.qualities:
+            raise InputError(f"quality must be 1..{model.cfg.qualities}, got {quality}")
+        if tile % 64 or not 64 <= tile <= 8192:
+            raise InputError("tile size must be a multiple of 64 in 64..8192")
+        self.model = model
+        self.q = torch.tensor([quality - 1])
+        self.tile = tile
+
+    @torch.inference_mode()
+    def encode_tile(self, source: BandSource, band: int, grid: Grid, ty: int, tx: int, mapping: BandMapping, nodata: float | None) -> bytes:
+        r0, r1, c0, c1 = grid.pixels(ty, tx)
+        l0, l1, k0, k1 = grid.latents(ty, tx)
+        hp, wp = grid.lat_h * 16, grid.lat_w * 16
+        wr0, wr1 = max(0, r0 - HALO_PX), min(hp, l1 * 16 + HALO_PX)
+        wc0, wc1 = max(0, c0 - HALO_PX), min(wp, k1 * 16 + HALO_PX)
+        raw = source.read(band, wr0, min(wr1, grid.height), wc0, min(wc1, grid.width))
+        cls = pixel_classes(raw, nodata, mapping.domain)
+        valid = cls == CLASS_VALID
+        tile_cls = cls[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0]
+        mask = None if not tile_cls.any() else np.ascontiguousarray(tile_cls).tobytes()
+        if not (tile_cls == CLASS_VALID).any():
+            return bitstream.pack_tile(b"", mask, empty=True)
+        neutral = mapping.floor if mapping.domain == "log" else mapping.lo
+        u = mapping.forward(np.where(valid, raw, neutral))
+        if not valid.all():
+            u[~valid] = float(u[valid].mean()) if valid.any() else 0.5
+        u = _pad_to(u, wr1 - wr0, wc1 - wc0)
+        y = self.model.g_a(torch.from_numpy(np.ascontiguousarray(u))[None, None])
+        y = y[:, :, l0 - wr0 // 16 : l1 - wr0 // 16, k0 - wc0 // 16 : k1 - wc0 // 16]
+        y = y * self.model.gains.gain(self.q)
+        h, w = y.shape[-2:]
+        hz, wz = -(-h // 4) * 4, -(-w // 4) * 4
+        z = torch.round(self.model.h_a(F.pad(y, (0, wz - w, 0, hz - h))))
+        latent, _ = self.model.coder.encode(z[0].numpy().astype(np.int64), y[0].numpy())
+        return bitstream.pack_tile(latent, mask)
+
+
+class Decoder:
+    def __init__(self, model: CodecModel, header: Header, reader: bitstream.Reader) -> None:
+        if header.model_id != model.model_id:
+            raise DecodeError(
+                f"file was encoded with model {header.model_name} (id {header.model_id}); "
+                f"loaded model is {model.name} (id {model.model_id}); pass --weights with the matching file"
+            )
+        self.model = model
+        self.h = header
+        self.reader = reader
+        self.grid = Grid(header.height, header.width, header.tile)
+        self.q = torch.tensor([header.quality - 1])
+        self.mappings = [BandMapping.from_dict(m) for m in header.mappings]
+        self.cache: dict[tuple[int, int, int], tuple[np.ndarray, bytes | None]] = {}
+
+    def _latent(self, band: int, ty: int, tx: int) -> tuple[np.ndarray, bytes | None]:
+        key = (band, ty, tx)
+        if key not in self.cache:
+            g = self.grid
+            r0, r1, c0, c1 = g.pixels(ty, tx)
+            l0, l1, k0, k1 = g.latents(ty, tx)
+            payload = self.reader.payload(self.h.tile_index(band, ty, tx))
+            mask, empty, latent = bitstream.unpack_tile(payload, (r1 - r0) * (c1 - c0))
+            m = self.model.cfg.latent
+            if empty:
+                y = np.zeros((m, l1 - l0, k1 - k0), dtype=np.float32)
+            else:
+                z_shape = (self.model.cfg.hyper, -(-(l1 - l0) // 4), -(-(k1 - k0) // 4))
+                try:
+                    y = self.model.coder.decode(latent, z_shape, (l1 - l0, k1 - k0))
+                except (ValueError, RuntimeError) as e:
+                    raise FormatError(f"tile {self.h.tile_index(band, ty, tx)} cannot be entropy-decoded ({e})") from None
+            self.cache[key] = (y, mask)
+        return self.cache[key]
+
+    def _evict(self, band: int, ty: int) -> None:
+        for key in [k for k in self.cache if k[0] != band or k[1] < ty - 1]:
+            del self.cache[key]
+
+    @torch.inference_mode()
+    def decode_tile(self, band: int, ty: int, tx: int) -> np.ndarray:
+        """Decoded values of one tile (dtype of the file), rows x cols of the tile."""
+        g = self.grid
+        self._evict(band, ty)
+        l0, l1, k0, k1 = g.latents(ty, tx)
+        wl0, wl1 = max(0, l0 - HALO_LAT), min(g.lat_h, l1 + HALO_LAT)
+        wk0, wk1 = max(0, k0 - HALO_LAT), min(g.lat_w, k1 + HALO_LAT)
+        ywin = np.zeros((self.model.cfg.latent, wl1 - wl0, wk1 - wk0), dtype=np.float32)
+        for ny in range(max(0, ty - 1), min(g.tiles_y, ty + 2)):
+            for nx in range(max(0, tx - 1), min(g.tiles_x, tx + 2)):
+                a0, a1, b0, b1 = g.latents(ny, nx)
+                i0, i1, j0, j1 = max(a0, wl0), min(a1, wl1), max(b0, wk0), min(b1, wk1)
+                if i0 >= i1 or j0 >= j1:
+                    continue
+                y, _ = self._latent(band, ny, nx)
+                ywin[:, i0 - wl0 : i1 - wl0, j0 - wk0 : j1 - wk0] = y[:, i0 - a0 : i1 - a0, j0 - b0 : j1 - b0]
+        _, mask = self._latent(band, ty, tx)
+        yt = torch.from_numpy(ywin)[None] * self.model.gains.igain(self.q)
+        u = self.model.g_s(yt)[0, 0].numpy()
+        r0, r1, c0, c1 = g.pixels(ty, tx)
+        u = u[r0 - wl0 * 16 : r1 - wl0 * 16, c0 - wk0 * 16 : c1 - wk0 * 16]
+        mapping = self.mappings[band]
+        vals = mapping.inverse(np.clip(u, *U_CLIP))
+        out = to_dtype(vals, np.dtype(self.h.dtype))
+        if mask is not None:
+            cls = np.frombuffer(mask, dtype=np.uint8).reshape(out.shape)
+            nod = self.h.nodata if self.h.nodata is not None else (np.nan if out.dtype.kind == "f" else 0)
+            out[cls == CLASS_NODATA] = nod
+            out[cls == CLASS_ZERO] = 0
+        return out
+
+
+def _header_from(meta: dict, model: CodecModel, quality: int, tile: int, mappings: list[BandMapping]) -> Header:
+    h = Header(
+        width=meta["width"], height=meta["height"], bands=meta["bands"], dtype=meta["dtype"], tile=tile, quality=quality,
+        model_id=model.model_id, model_name=model.name, mappings=[m.to_dict() for m in mappings],
+        nodata=meta.get("nodata"), crs=meta.get("crs"), transform=meta.get("transform"), gcps=meta.get("gcps", []),
+        gcp_crs=meta.get("gcp_crs"), descriptions=meta.get("descriptions", []), tags=meta.get("tags", {}),
+        band_tags=meta.get("band_tags", []), units=meta.get("units", []), scales=meta.get("scales", []),
+        offsets=meta.get("offsets", []), encoder=f"sarcodec {__version__}",
+    )
+    h.validate()
+    return h
+
+
+def encode_source(source: BandSource, meta: dict, out, *, quality: int = 4, domain: str = "auto", tile: int = 1024,
+                  model: CodecModel | None = None, progress: Progress | None = None) -> Header:
+    """Encode ``source`` (described by ``meta``: Header fields) into the binary file object ``out``."""
+    model = model or load_weights()
+    enc = Encoder(model, quality, tile)
+    dtype = np.dtype(meta["dtype"])
+    if dtype.name not in bitstream.DTYPES:
+        raise InputError(f"data type {dtype} is not supported (use {', '.join(bitstream.DTYPES)})")
+    mappings = [fit_band(source, b, dtype, meta.get("nodata"), domain) for b in range(meta["bands"])]
+    header = _header_from(meta, model, quality, tile, mappings)
+    grid = Grid(header.height, header.width, tile)
+    writer = bitstream.Writer(out, header)
+    total, done = header.n_tiles, 0
+    for b in range(header.bands):
+        for ty in range(grid.tiles_y):
+            for tx in range(grid.tiles_x):
+                writer.add(header.tile_index(b, ty, tx), enc.encode_tile(source, b, grid, ty, tx, mappings[b], header.nodata))
+                done += 1
+                if progress:
+                    progress(done, total)
+    writer.finish()
+    return header
+
+
+def decode_tiles(reader: bitstream.Reader, model: CodecModel, sink: Callable[[int, int, int, np.ndarray], None],
+                 window: tuple[int, int, int, int] | None = None, progress: Progress | None = None) -> None:
+    """Decode every tile (or those meeting ``window`` = col, row, width, height) into ``sink(band, row, col, block)``."""
+    h = reader.header
+    dec = Decoder(model, h, reader)
+    g = dec.grid
+    col, row, w, hh = window if window else (0, 0, h.width, h.height)
+    ty0, ty1 = row // h.tile, (row + hh - 1) // h.tile + 1
+    tx0, tx1 = col // h.tile, (col + w - 1) // h.tile + 1
+    total, done = h.bands * (ty1 - ty0) * (tx1 - tx0), 0
+    for b in range(h.bands):
+        for ty in range(ty0, ty1):
+            for tx in range(tx0, tx1):
+                block = dec.decode_tile(b, ty, tx)
+                r0, r1, c0, c1 = g.pixels(ty, tx)
+                i0, i1, j0, j1 = max(r0, row), min(r1, row + hh), max(c0, col), min(c1, col + w)
+                sink(b, i0 - row, j0 - col, block[i0 - r0 : i1 - r0, j0 - c0 : j1 - c0])
+                done += 1
+                if progress:
+                    progress(done, total)
+
+
+def encode_array(array: np.ndarray, quality: int = 4, *, nodata: float | None = None, domain: str = "auto",
+                 tile: int = 1024, model: CodecModel | None = None, meta: dict | None = None) -> bytes:
+    """Compress a (bands, height, width) or (height, width) array to ``.sarc`` bytes."""
+    import io as _io
+
+    a = np.asarray(array)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3 or 0 in a.shape:
+        raise InputError(f"expected a (bands, height, width) array with pixels, got shape {np.asarray(array).shape}")
+    if a.dtype.name not in bitstream.DTYPES:
+        raise InputError(f"data type {a.dtype} is not supported (use {', '.join(bitstream.DTYPES)})")
+    m = {"width": a.shape[2], "height": a.shape[1], "bands": a.shape[0], "dtype": a.dtype.name, "nodata": nodata}
+    m.update(meta or {})
+    buf = _io.BytesIO()
+    encode_source(ArraySource(a), m, buf, quality=quality, domain=domain, tile=tile, model=model)
+    return buf.getvalue()
+
+
+def decode_array(data: bytes, *, model: CodecModel | None = None, window: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, Header]:
+    """Decompress ``.sarc`` bytes to a (bands, height, width) array and its header."""
+    import io as _io
+
+    reader = bitstream.Reader(_io.BytesIO(data), len(data))
+    h = reader.header
+    col, row, w, hh = window if window else (0, 0, h.width, h.height)
+    check_window((col, row, w, hh), h)
+    out = np.empty((h.bands, hh, w), dtype=h.dtype)
+
+    def sink(b: int, r: int, c: int, block: np.ndarray) -> None:
+        out[b, r : r + block.shape[0], c : c + block.shape[1]] = block
+
+    decode_tiles(reader, model or load_weights(), sink, window)
+    return out, h
+
+
+def check_window(window: tuple[int, int, int, int], h: Header) -> None:
+    col, row, w, hh = window
+    if w < 1 or hh < 1 or col < 0 or row < 0 or col + w > h.width or row + hh > h.height:
+        raise InputError(f"window {col},{row},{w},{hh} is not inside the {h.width}x{h.height} image")
+
+
+@dataclass
+class Report:
+    input: str
+    output: str
+    width: int
+    height: int
+    bands: int
+    dtype: str
+    quality: int
+    bytes: int
+    bpp: float
+    ratio: float
+    seconds: float
+
+    def line(self, verb: str) -> str:
+        return (f"{verb} {self.input} -> {self.output}: {self.width}x{self.height}x{self.bands} {self.dtype}, "
+                f"q{self.quality}, {self.bytes:,} bytes, {self.bpp:.3f} bpp, ratio {self.ratio:.1f}:1, {self.seconds:.2f} s")
+
+
+def _report(src: Path, dst: Path, h: Header, nbytes: int, t0: float, npix: int | None = None) -> Report:
+    npix = npix or h.width * h.height * h.bands
+    raw = npix * np.dtype(h.dtype).itemsize
+    return Report(str(src), str(dst), h.width, h.height, h.bands, h.dtype, h.quality, nbytes, 8.0 * nbytes / npix,
+                  raw / max(1, nbytes), time.perf_counter() - t0)
+
+
+def encode_file(src: str | Path, dst: str | Path, quality: int = 4, *, force: bool = False, domain: str = "auto",
+                tile: int = 1024, model: CodecModel | None = None, progress: Progress | None = None) -> Report:
+    """Compress a raster file to a ``.sarc`` file (atomically)."""
+    from .io import atomic_output, open_raster, raster_metadata
+
+    t0 = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    model = model or load_weights()
+    with open_raster(src) as ds:
+        meta = raster_metadata(ds)
+        with atomic_output(dst, force, src) as tmp, open(tmp, "w+b") as f:
+            header = encode_source(RasterSource(ds), meta, f, quality=quality, domain=domain, tile=tile, model=model, progress=progress)
+            f.flush()
+    return _report(src, dst, header, dst.stat().st_size, t0)
+
+
+def open_sarc(src: Path):
+    from .io import check_input_path
+
+    check_input_path(src)
+    f = open(src, "rb")
+    try:
+        return f, bitstream.Reader(f, src.stat().st_size)
+    except BaseException:
+        f.close()
+        raise
+
+
+def decode_file(src: str | Path, dst: str | Path, *, force: bool = False, window: tuple[int, int, int, int] | None = None,
+                model: CodecModel | None = None, progress: Progress | None = None) -> Report:
+    """Decompress a ``.sarc`` file to a GeoTIFF (atomically); ``window`` = (col, row, width, height)."""
+    from .io import atomic_output, create_geotiff, window_metadata, write_window
+
+    t0 = time.perf_counter()
+    src, dst = Path(src), Path(dst)
+    f, reader = open_sarc(src)
+    with f:
+        h = reader.header
+        if window:
+            check_window(window, h)
+        col, row, w, hh = window if window else (0, 0, h.width, h.height)
+        meta = window_metadata(vars(h), col, row) if window else vars(h)
+        model = model or load_weights()
+        with atomic_output(dst, force, src) as tmp, create_geotiff(tmp, meta, w, hh) as ds:
+            decode_tiles(reader, model, lambda b, r, c, blk: write_window(ds, b, r, c, blk), window, progress)
+    return _report(src, dst, h, src.stat().st_size, t0, w * hh * h.bands)
+
+
+def info(src: str | Path) -> dict:
+    """Header facts of a ``.sarc`` file (no decoding)."""
+    src = Path(src)
+    f, reader = open_sarc(src)
+    with f:
+        h = reader.header
+    size = src.stat().st_size
+    return {
+        "file": str(src), "format_version": f"{bitstream.MAJOR}.{bitstream.MINOR}", "width": h.width, "height": h.height,
+        "bands": h.bands, "dtype": h.dtype, "quality": h.quality, "model": h.model_name, "model_id": h.model_id,
+        "bytes": size, "bpp": 8.0 * size / (h.width * h.height * h.bands), "tile": h.tile, "tiles": h.n_tiles,
+        "crs": h.crs, "transform": h.transform, "gcps": len(h.gcps), "nodata": h.nodata,
+        "domains": [m["domain"] for m in h.mappings], "descriptions": h.descriptions, "encoder": h.encoder,
+    }

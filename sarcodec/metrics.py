@@ -1,0 +1,172 @@
+"""Image-quality and rate metrics, defined once and shared by tests, bench and training validation.
+
+Definitions (all on float64 unless noted):
+
+* ``psnr(a, b, peak)``: 10*log10(peak^2 / MSE).  ``peak`` is the data range of the reference
+  (255 for uint8, max-min for others unless given).
+* ``ssim`` / ``ms_ssim``: Wang et al. 2003/2004 with an 11x11 Gaussian window (sigma 1.5),
+  K1=0.01, K2=0.03, computed with the given data range; MS-SSIM uses the standard five weights
+  (fewer scales for small images, weights renormalised).
+* ``bias_db``: mean(b_dB - a_dB) over valid pixels.
+* ``enl``: equivalent number of looks mean^2/var of *intensity* over homogeneous windows, found
+  automatically as the windows with the lowest coefficient of variation of the reference.
+* ``ratio_stats``: mean and std of the ratio image b/a (intensity); speckle-preserving codecs
+  keep the mean at 1.
+* ``bd_rate`` / ``bd_psnr``: Bjontegaard deltas with cubic fits of log-rate vs PSNR integrated over
+  the overlapping PSNR (resp. log-rate) range.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def mse(a: np.ndarray, b: np.ndarray) -> float:
+    d = a.astype(np.float64) - b.astype(np.float64)
+    return float(np.mean(d * d))
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float | None = None) -> float:
+    a = a.astype(np.float64)
+    if peak is None:
+        peak = float(a.max() - a.min()) or 1.0
+    m = mse(a, b)
+    return float("inf") if m == 0 else 10.0 * math.log10(peak * peak / m)
+
+
+def _gauss_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def _ssim_maps(a: torch.Tensor, b: torch.Tensor, data_range: float) -> tuple[torch.Tensor, torch.Tensor]:
+    win = _gauss_window().to(a)
+    size = win.shape[-1]
+    if min(a.shape[-2:]) < size:
+        win = _gauss_window(min(a.shape[-2:]) | 1 if min(a.shape[-2:]) % 2 else min(a.shape[-2:]) - 1).to(a)
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    mu_a = F.conv2d(a, win)
+    mu_b = F.conv2d(b, win)
+    saa = F.conv2d(a * a, win) - mu_a**2
+    sbb = F.conv2d(b * b, win) - mu_b**2
+    sab = F.conv2d(a * b, win) - mu_a * mu_b
+    cs = (2 * sab + c2) / (saa + sbb + c2)
+    lum = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)
+    return lum * cs, cs
+
+
+def _as4d(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    while t.dim() < 4:
+        t = t.unsqueeze(0)
+    return t
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float | None = None) -> float:
+    if data_range is None:
+        data_range = float(np.max(a) - np.min(a)) or 1.0
+    s, _ = _ssim_maps(_as4d(a), _as4d(b), data_range)
+    return float(s.mean())
+
+
+MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def ms_ssim(a: np.ndarray, b: np.ndarray, data_range: float | None = None) -> float:
+    if data_range is None:
+        data_range = float(np.max(a) - np.min(a)) or 1.0
+    x, y = _as4d(a), _as4d(b)
+    levels = max(1, min(len(MS_WEIGHTS), int(math.log2(max(1, min(x.shape[-2:]) // 11))) + 1))
+    w = torch.tensor(MS_WEIGHTS[:levels], dtype=torch.float64)
+    w = w / w.sum()
+    vals = []
+    for i in range(levels):
+        s, cs = _ssim_maps(x, y, data_range)
+        vals.append((s if i == levels - 1 else cs).mean().clamp_min(1e-8))
+        if i < levels - 1:
+            x = F.avg_pool2d(x, 2)
+            y = F.avg_pool2d(y, 2)
+    return float(torch.prod(torch.stack(vals) ** w))
+
+
+def bias_db(ref_db: np.ndarray, rec_db: np.ndarray) -> float:
+    return float(np.mean(rec_db.astype(np.float64) - ref_db.astype(np.float64)))
+
+
+def homogeneous_windows(intensity: np.ndarray, win: int = 16, count: int = 8) -> list[tuple[int, int]]:
+    """Top-left corners of the ``count`` windows with the lowest coefficient of variation."""
+    h, w = intensity.shape
+    if h < win or w < win:
+        return []
+    cands = []
+    for r in range(0, h - win + 1, win):
+        for c in range(0, w - win + 1, win):
+            blk = intensity[r : r + win, c : c + win].astype(np.float64)
+            m = blk.mean()
+            if m > 0 and np.all(np.isfinite(blk)):
+                cands.append((blk.std() / m, r, c))
+    cands.sort()
+    return [(r, c) for _, r, c in cands[:count]]
+
+
+def enl(intensity: np.ndarray, windows: list[tuple[int, int]], win: int = 16) -> float:
+    """Mean over windows of mean^2/var of the intensity (nan if no window)."""
+    vals = []
+    for r, c in windows:
+        blk = intensity[r : r + win, c : c + win].astype(np.float64)
+        v = blk.var()
+        if v > 0:
+            vals.append(blk.mean() ** 2 / v)
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def ratio_stats(ref_int: np.ndarray, rec_int: np.ndarray) -> tuple[float, float]:
+    ok = ref_int > 0
+    r = rec_int[ok].astype(np.float64) / ref_int[ok].astype(np.float64)
+    return (float(r.mean()), float(r.std())) if r.size else (float("nan"), float("nan"))
+
+
+def bd_rate(r1: list[float], p1: list[float], r2: list[float], p2: list[float]) -> float:
+    """Average bitrate difference (%) of curve 2 vs curve 1 at equal PSNR (negative: 2 is better)."""
+    lr1, lr2 = np.log(np.asarray(r1, float)), np.log(np.asarray(r2, float))
+    p1a, p2a = np.asarray(p1, float), np.asarray(p2, float)
+    if len(p1a) < 4 or len(p2a) < 4:
+        deg = min(len(p1a), len(p2a)) - 1
+    else:
+        deg = 3
+    if deg < 1:
+        return float("nan")
+    f1 = np.polyfit(p1a, lr1, deg)
+    f2 = np.polyfit(p2a, lr2, deg)
+    lo = max(p1a.min(), p2a.min())
+    hi = min(p1a.max(), p2a.max())
+    if not hi > lo:
+        return float("nan")
+    i1 = np.polyval(np.polyint(f1), hi) - np.polyval(np.polyint(f1), lo)
+    i2 = np.polyval(np.polyint(f2), hi) - np.polyval(np.polyint(f2), lo)
+    avg = (i2 - i1) / (hi - lo)
+    return float((math.exp(avg) - 1.0) * 100.0)
+
+
+def bd_psnr(r1: list[float], p1: list[float], r2: list[float], p2: list[float]) -> float:
+    """Average PSNR difference (dB) of curve 2 vs curve 1 at equal rate (positive: 2 is better)."""
+    lr1, lr2 = np.log(np.asarray(r1, float)), np.log(np.asarray(r2, float))
+    p1a, p2a = np.asarray(p1, float), np.asarray(p2, float)
+    deg = min(3, len(p1a) - 1, len(p2a) - 1)
+    if deg < 1:
+        return float("nan")
+    f1 = np.polyfit(lr1, p1a, deg)
+    f2 = np.polyfit(lr2, p2a, deg)
+    lo = max(lr1.min(), lr2.min())
+    hi = min(lr1.max(), lr2.max())
+    if not hi > lo:
+        return float("nan")
+    i1 = np.polyval(np.polyint(f1), hi) - np.polyval(np.polyint(f1), lo)
+    i2 = np.polyval(np.polyint(f2), hi) - np.polyval(np.polyint(f2), lo)
+    return float((i2 - i1) / (hi - lo))

@@ -1,0 +1,327 @@
+"""The learned transforms and entropy-model parameters: one definition for encode, decode and train.
+
+Layout follows the CompressAI separation of *transforms* and *entropy models*:
+
+* ``Analysis`` (g_a): image (1 channel, normalised domain) -> latent y at 1/16 resolution.
+* ``Synthesis`` (g_s): quantised latent -> image.
+* ``HyperAnalysis`` (h_a): y -> hyper-latent z at 1/64 resolution.
+* ``HyperSynthesis`` (h_s): quantised z -> (mean, scale index) of every latent element.
+  It is trained with fake fixed-point quantisation and exported to exact integer arithmetic
+  (see ``sarcodec.entropy``), so the entropy decoder never depends on float rounding.
+* ``FactorizedPrior``: the learned per-channel density of z.
+* ``GainUnits``: one pair of per-channel gain vectors per quality level, so a single model
+  serves quality 1..8 (variable rate).
+
+Cheap by design (2 CPU cores): pixel-unshuffle stem, 3x3 convolutions, bottleneck residual
+blocks and pixel-shuffle upsampling.  ``count_macs`` measures the cost per pixel.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Fixed-point formats of the integer hyper-synthesis (shared with sarcodec.entropy).
+W_FRAC_BITS = 12  # weights and biases in units of 2**-12 (biases: 2**-(12+8))
+A_FRAC_BITS = 8  # activations in units of 2**-8
+A_MAX = 4096.0  # activation clamp (float units) -> keeps integer sums far below 2**53
+
+SCALE_MIN = 0.11
+SCALE_MAX = 64.0
+NUM_SCALES = 64
+
+
+@dataclass
+class ModelConfig:
+    """Architecture hyper-parameters; stored in every exported weights file."""
+
+    latent: int = 160  # M: channels of y
+    hyper: int = 64  # channels of z
+    hyper_hidden: int = 64
+    c4: int = 64  # channels at 1/4 resolution
+    c8: int = 128  # channels at 1/8 resolution
+    c16: int = 160  # channels at 1/16 resolution
+    qualities: int = 8
+    lambdas: list[float] = field(
+        default_factory=lambda: [0.0004, 0.0009, 0.002, 0.0045, 0.01, 0.022, 0.048, 0.1]
+    )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+def scale_table() -> torch.Tensor:
+    """Log-spaced Gaussian scales indexed by the integer output of h_s."""
+    return torch.exp(torch.linspace(math.log(SCALE_MIN), math.log(SCALE_MAX), NUM_SCALES, dtype=torch.float64))
+
+
+SCALE_LOG_STEP = (math.log(SCALE_MAX) - math.log(SCALE_MIN)) / (NUM_SCALES - 1)
+
+
+def conv(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)
+
+
+class ResBlock(nn.Module):
+    """Residual block; ``bottleneck`` halves the width of the 3x3 conv (1x1-3x3-1x1)."""
+
+    def __init__(self, ch: int, bottleneck: bool = False) -> None:
+        super().__init__()
+        if bottleneck:
+            mid = ch // 2
+            self.body = nn.Sequential(conv(ch, mid, 1), nn.LeakyReLU(0.1), conv(mid, mid, 3), nn.LeakyReLU(0.1), conv(mid, ch, 1))
+        else:
+            self.body = nn.Sequential(conv(ch, ch, 3), nn.LeakyReLU(0.1), conv(ch, ch, 3))
+        last = self.body[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class Analysis(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.PixelUnshuffle(4),
+            conv(16, cfg.c4, 3),
+            nn.LeakyReLU(0.1),
+            ResBlock(cfg.c4, bottleneck=True),
+            conv(cfg.c4, cfg.c8, 3, stride=2),
+            nn.LeakyReLU(0.1),
+            ResBlock(cfg.c8, bottleneck=True),
+            conv(cfg.c8, cfg.c16, 3, stride=2),
+            nn.LeakyReLU(0.1),
+            ResBlock(cfg.c16, bottleneck=True),
+            conv(cfg.c16, cfg.latent, 3),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Synthesis(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            conv(cfg.latent, cfg.c16, 3),
+            nn.LeakyReLU(0.1),
+            ResBlock(cfg.c16),
+            conv(cfg.c16, 4 * cfg.c8, 1),
+            nn.PixelShuffle(2),
+            nn.LeakyReLU(0.1),
+            ResBlock(cfg.c8),
+            ResBlock(cfg.c8),
+            conv(cfg.c8, 4 * cfg.c4, 1),
+            nn.PixelShuffle(2),
+            nn.LeakyReLU(0.1),
+            ResBlock(cfg.c4),
+            conv(cfg.c4, 16, 3),
+            nn.PixelShuffle(4),
+        )
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y)
+
+    @property
+    def halo(self) -> int:
+        """Receptive-field radius in latent pixels (rounded up): context a tile needs."""
+        return 3
+
+
+class HyperAnalysis(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        h = cfg.hyper_hidden
+        self.net = nn.Sequential(
+            conv(cfg.latent, h, 3),
+            nn.LeakyReLU(0.1),
+            conv(h, h, 3, stride=2),
+            nn.LeakyReLU(0.1),
+            conv(h, cfg.hyper, 3, stride=2),
+        )
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y)
+
+
+def _ste_round(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+class QConv(nn.Conv2d):
+    """Conv whose weights and bias are fake-quantised to the integer export format."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = _ste_round(self.weight * 2**W_FRAC_BITS) / 2**W_FRAC_BITS
+        b = _ste_round(self.bias * 2 ** (W_FRAC_BITS + A_FRAC_BITS)) / 2 ** (W_FRAC_BITS + A_FRAC_BITS)
+        return F.conv2d(x, w, b, padding=self.padding)
+
+
+def qrelu(x: torch.Tensor) -> torch.Tensor:
+    """ReLU clamped to [0, A_MAX] and rounded to the activation grid (straight-through)."""
+    x = torch.clamp(x, 0.0, A_MAX)
+    return _ste_round(x * 2**A_FRAC_BITS) / 2**A_FRAC_BITS
+
+
+class HyperSynthesis(nn.Module):
+    """z_hat -> (mean, scale index). Integer-exportable: QConv + qrelu + pixel shuffle only."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        h = cfg.hyper_hidden
+        self.convs = nn.ModuleList(
+            [
+                QConv(cfg.hyper, h, 3, padding=1),
+                QConv(h, 4 * h, 3, padding=1),  # -> shuffle x2
+                QConv(h, 4 * h, 3, padding=1),  # -> shuffle x2
+                QConv(h, h, 3, padding=1),
+                QConv(h, 2 * cfg.latent, 1, padding=0),
+            ]
+        )
+        self.shuffle_after = (False, True, True, False, False)
+        # start with a mid-range scale index so early training is stable
+        nn.init.constant_(self.convs[-1].bias, 0.0)
+        with torch.no_grad():
+            self.convs[-1].bias[cfg.latent :] = NUM_SCALES / 2
+
+    def forward(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = z_hat
+        n = len(self.convs)
+        for i, (c, sh) in enumerate(zip(self.convs, self.shuffle_after)):
+            x = c(x)
+            if sh:
+                x = F.pixel_shuffle(x, 2)
+            if i < n - 1:
+                x = qrelu(x)
+        mean, sidx = x.chunk(2, dim=1)
+        # the integer path rounds the mean to the activation grid
+        mean = _ste_round(mean * 2**A_FRAC_BITS) / 2**A_FRAC_BITS
+        return mean, sidx
+
+
+def index_to_scale(sidx: torch.Tensor) -> torch.Tensor:
+    """Continuous version of the scale table lookup used during training."""
+    s = torch.clamp(sidx, 0.0, NUM_SCALES - 1)
+    return torch.exp(math.log(SCALE_MIN) + s * SCALE_LOG_STEP)
+
+
+class FactorizedPrior(nn.Module):
+    """Per-channel learned CDF (Balle et al. 2018, appendix 6.1), for the hyper-latent z."""
+
+    def __init__(self, channels: int, filters: tuple[int, ...] = (3, 3, 3), init_scale: float = 10.0) -> None:
+        super().__init__()
+        dims = (1,) + filters + (1,)
+        scale = init_scale ** (1 / (len(filters) + 1))
+        self.matrices = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.factors = nn.ParameterList()
+        for i in range(len(filters) + 1):
+            init = math.log(math.expm1(1 / scale / dims[i + 1]))
+            self.matrices.append(nn.Parameter(torch.full((channels, dims[i + 1], dims[i]), init)))
+            self.biases.append(nn.Parameter(torch.rand(channels, dims[i + 1], 1) - 0.5))
+            if i < len(filters):
+                self.factors.append(nn.Parameter(torch.zeros(channels, dims[i + 1], 1)))
+
+    def logits_cdf(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (C, 1, N) -> logits of the CDF, same shape."""
+        for i in range(len(self.matrices)):
+            x = torch.matmul(F.softplus(self.matrices[i]), x) + self.biases[i]
+            if i < len(self.factors):
+                x = x + torch.tanh(self.factors[i]) * torch.tanh(x)
+        return x
+
+    def likelihood(self, z: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = z.shape
+        v = z.permute(1, 0, 2, 3).reshape(c, 1, -1)
+        lower = self.logits_cdf(v - 0.5)
+        upper = self.logits_cdf(v + 0.5)
+        sign = -torch.sign(lower + upper).detach()
+        p = torch.abs(torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower))
+        return p.reshape(c, b, h, w).permute(1, 0, 2, 3)
+
+
+def gaussian_likelihood(y: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Probability of the unit-width bin around ``y`` under N(mean, scale), from the upper tail."""
+    v = torch.abs(y - mean)
+    c = 1.0 / (scale * math.sqrt(2.0))
+    p = 0.5 * torch.erfc((v - 0.5) * c) - 0.5 * torch.erfc((v + 0.5) * c)
+    return p
+
+
+class GainUnits(nn.Module):
+    """Per-quality channel gains (Cui et al., 2021): one model, eight rate points."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        lam = torch.tensor(cfg.lambdas, dtype=torch.float32)
+        g = (lam / lam[len(lam) // 2]) ** 0.3
+        self.log_gain = nn.Parameter(torch.log(g)[:, None].repeat(1, cfg.latent))
+        self.log_igain = nn.Parameter(-torch.log(g)[:, None].repeat(1, cfg.latent))
+
+    def gain(self, q: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.log_gain[q])[:, :, None, None]
+
+    def igain(self, q: torch.Tensor) -> torch.Tensor:
+        return torch.exp(self.log_igain[q])[:, :, None, None]
+
+
+class SarCodecModel(nn.Module):
+    """All learned parts. ``forward`` is the training pass (noise/STE); coding lives in sarcodec.entropy."""
+
+    def __init__(self, cfg: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or ModelConfig()
+        self.g_a = Analysis(self.cfg)
+        self.g_s = Synthesis(self.cfg)
+        self.h_a = HyperAnalysis(self.cfg)
+        self.h_s = HyperSynthesis(self.cfg)
+        self.prior = FactorizedPrior(self.cfg.hyper)
+        self.gains = GainUnits(self.cfg)
+
+    def forward(self, x: torch.Tensor, q: torch.Tensor, noise: bool = True) -> dict[str, torch.Tensor]:
+        """x: (B,1,H,W) normalised image, H and W multiples of 64; q: (B,) quality indices 0..7.
+
+        ``noise=True``: training pass (uniform noise for the rate, straight-through rounding for
+        the reconstruction).  ``noise=False``: rate of the actually rounded symbols (validation).
+        """
+        y = self.g_a(x) * self.gains.gain(q)
+        z = self.h_a(y)
+        z_hat = _ste_round(z)
+        mean, sidx = self.h_s(z_hat)
+        scale = index_to_scale(sidx)
+        y_hat = _ste_round(y - mean) + mean
+        if noise:
+            z_r = z + torch.empty_like(z).uniform_(-0.5, 0.5)
+            y_r = y + torch.empty_like(y).uniform_(-0.5, 0.5)
+        else:
+            z_r, y_r = z_hat, y_hat
+        p_y = gaussian_likelihood(y_r, mean, scale).clamp_min(1e-9)
+        p_z = self.prior.likelihood(z_r).clamp_min(1e-9)
+        x_hat = self.g_s(y_hat * self.gains.igain(q))
+        return {"x_hat": x_hat, "p_y": p_y, "p_z": p_z}
+
+
+def count_macs(module: nn.Module, shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass of ``module`` on an input of ``shape``."""
+    total = 0
+
+    def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
+        nonlocal total
+        k = m.weight.shape[2] * m.weight.shape[3]
+        total += out.numel() * (m.weight.shape[1]) * k
+
+    hs = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        module(torch.zeros(shape))
+    for h in hs:
+        h.remove()
+    return total

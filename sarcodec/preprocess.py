@@ -1,0 +1,130 @@
+"""Invertible per-band mapping between raster values and the model's normalised domain.
+
+Three domains (chosen per band, stored in the bitstream header):
+
+* ``identity`` -- ``u = (v - lo) / (hi - lo)``. Default for uint8 (display products, lo=0, hi=255)
+  and int16 (lo/hi = data range).
+* ``log`` -- linear amplitude or intensity (uint16 DN, float32 sigma0/beta0 linear).
+  ``d = factor * log10(max(v, floor))`` with ``factor`` 20 for amplitude (integer DN) and 10 for
+  intensity (float); then ``u = (d - lo) / (hi - lo)``, lo/hi being robust percentiles of d in dB.
+  Multiplicative speckle becomes additive noise of constant variance, and the error is spread
+  evenly over dark and bright areas, which is how SAR users look at images (in dB).
+  Exact zeros are not mapped (log 0 is undefined): they are coded losslessly in the mask and
+  decode to 0.
+* ``db`` -- float data already in decibels: ``u = (v - lo) / (hi - lo)`` with lo/hi percentiles.
+
+``auto`` picks ``db`` for float input with any negative finite value, ``log`` for other float and
+uint16 input, and ``identity`` for uint8/int16.  ``--domain`` overrides it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+DOMAINS = ("auto", "identity", "log", "db")
+LOW_PCT = 0.01
+HIGH_PCT = 99.99
+
+
+@dataclass(frozen=True)
+class BandMapping:
+    domain: str
+    lo: float
+    hi: float
+    factor: float = 10.0  # log domain: 10 (intensity) or 20 (amplitude)
+    floor: float = 0.0  # log domain: smallest positive value (values below map to it)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BandMapping":
+        m = cls(
+            domain=str(d["domain"]),
+            lo=float(d["lo"]),
+            hi=float(d["hi"]),
+            factor=float(d.get("factor", 10.0)),
+            floor=float(d.get("floor", 0.0)),
+        )
+        m.validate()
+        return m
+
+    def validate(self) -> None:
+        if self.domain not in ("identity", "log", "db"):
+            raise ValueError(f"unknown domain {self.domain!r}")
+        vals = (self.lo, self.hi, self.factor, self.floor)
+        if not all(np.isfinite(vals)) or not self.hi > self.lo or self.factor <= 0:
+            raise ValueError("invalid preprocessing parameters")
+
+    def forward(self, v: np.ndarray) -> np.ndarray:
+        """Values -> normalised float32 (masked pixels must be filled by the caller)."""
+        v = v.astype(np.float64, copy=False)
+        if self.domain == "log":
+            v = self.factor * np.log10(np.maximum(v, self.floor))
+        return ((v - self.lo) / (self.hi - self.lo)).astype(np.float32)
+
+    def inverse(self, u: np.ndarray) -> np.ndarray:
+        """Normalised -> values (float64, not yet rounded or clipped)."""
+        d = u.astype(np.float64) * (self.hi - self.lo) + self.lo
+        if self.domain == "log":
+            return np.power(10.0, d / self.factor)
+        return d
+
+    def to_db(self, v: np.ndarray) -> np.ndarray:
+        """Values in decibels, as a SAR user displays them (identity domain: values unchanged)."""
+        v = v.astype(np.float64, copy=False)
+        if self.domain == "log":
+            return self.factor * np.log10(np.maximum(v, self.floor))
+        return v
+
+
+def choose_domain(dtype: np.dtype, sample: np.ndarray, requested: str = "auto") -> str:
+    if requested not in DOMAINS:
+        raise ValueError(f"unknown domain {requested!r}; choose one of {', '.join(DOMAINS)}")
+    if requested != "auto":
+        return requested
+    dtype = np.dtype(dtype)
+    if dtype == np.uint16:
+        return "log"
+    if dtype.kind == "f":
+        finite = sample[np.isfinite(sample)]
+        return "db" if finite.size and finite.min() < 0 else "log"
+    return "identity"
+
+
+def fit_mapping(dtype: np.dtype, sample: np.ndarray, domain: str) -> BandMapping:
+    """Fit the mapping of one band from a sample of its valid (unmasked, finite) values."""
+    dtype = np.dtype(dtype)
+    s = sample.astype(np.float64).ravel()
+    if domain == "identity":
+        if dtype == np.uint8:
+            return BandMapping("identity", 0.0, 255.0)
+        lo, hi = (float(s.min()), float(s.max())) if s.size else (0.0, 1.0)
+        return BandMapping("identity", lo, hi if hi > lo else lo + 1.0)
+    if domain == "log":
+        factor = 20.0 if dtype.kind in "ui" else 10.0
+        pos = s[s > 0]
+        if pos.size == 0:
+            return BandMapping("log", 0.0, 1.0, factor, 1.0)
+        floor = float(pos.min())
+        d = factor * np.log10(pos)
+    else:
+        factor, floor = 10.0, 0.0
+        d = s
+    if d.size == 0:
+        return BandMapping(domain, 0.0, 1.0, factor, floor if domain == "log" else 0.0)
+    lo, hi = np.percentile(d, [LOW_PCT, HIGH_PCT])
+    lo, hi = float(lo), float(hi)
+    if not hi > lo:
+        hi = lo + 1.0
+    return BandMapping(domain, lo, hi, factor, floor)
+
+
+def to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Round and clip to an integer dtype; cast floats."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    return values.astype(dtype)

@@ -1,0 +1,283 @@
+"""Rate-distortion training of ``SarCodecModel`` on SAR rasters (CPU or CUDA, same code).
+
+Training samples go through the same preprocessing as ``encode`` (``sarcodec.preprocess``):
+
+* half of the crops are coded as the 8-bit product they are (``identity`` domain, v/255);
+* the other half are turned into full-dynamic-range intensities -- ``(v/255)^2``, re-speckled
+  with Gamma(L, 1/L) speckle (L = 1..5 looks, or none), random gain over 60 dB -- and mapped with
+  the ``log`` domain fitted on the crop, as ``encode`` does for uint16 / float32 input.
+
+Each crop gets a random quality q in 0..7; the loss is ``bpp + lambda_q * 255^2 * MSE`` on the
+normalised image, computed in float32 (also under CUDA autocast).  Non-finite losses are skipped
+and counted, never stepped on or saved.  A checkpoint (model, optimiser, step, best) is written
+every ``checkpoint_every`` steps and ``--resume`` continues from it; the best model by validation
+loss is exported with ``sarcodec.weights.export``.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import metrics
+from .model import ModelConfig, SarCodecModel
+from .preprocess import fit_mapping
+
+RASTER_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg"}
+
+
+@dataclass
+class TrainConfig:
+    data: list[str]
+    out: str
+    val: list[str] = field(default_factory=list)
+    val_split: float = 0.05
+    steps: int = 20000
+    max_minutes: float = 0.0  # 0 = no time limit
+    batch: int = 6
+    crop: int = 192
+    lr: float = 2e-4
+    seed: int = 0
+    val_every: int = 1000
+    checkpoint_every: int = 250
+    resume: bool = False
+    compile: bool = False
+    device: str = "auto"
+    threads: int = 0
+    model: dict = field(default_factory=dict)
+
+
+def list_rasters(paths: list[str]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in RASTER_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"training data not found: {p}")
+    return files
+
+
+def load_band(path: Path) -> np.ndarray:
+    import rasterio
+
+    with rasterio.open(path) as ds:
+        return ds.read(1)
+
+
+def random_sample(img: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
+    """One normalised training crop (see module docstring)."""
+    h, w = img.shape
+    if h < crop or w < crop:
+        img = np.pad(img, ((0, max(0, crop - h)), (0, max(0, crop - w))), mode="reflect")
+        h, w = img.shape
+    r = rng.integers(0, h - crop + 1)
+    c = rng.integers(0, w - crop + 1)
+    v = img[r : r + crop, c : c + crop].astype(np.float32)
+    k = rng.integers(0, 4)
+    v = np.rot90(v, k)
+    if rng.random() < 0.5:
+        v = v[:, ::-1]
+    if rng.random() < 0.5:
+        return np.ascontiguousarray(v / 255.0, dtype=np.float32)
+    return synthetic_full_range(v, rng)
+
+
+def synthetic_full_range(v8: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    inten = (v8.astype(np.float64) / 255.0) ** 2
+    looks = int(rng.integers(0, 6))
+    if looks > 0:
+        inten = inten * rng.gamma(looks, 1.0 / looks, size=inten.shape)
+    inten = inten * 10.0 ** rng.uniform(-3, 3)
+    valid = inten > 0
+    m = fit_mapping(np.dtype(np.float32), inten[valid], "log")
+    u = m.forward(np.where(valid, inten, m.floor))
+    return np.ascontiguousarray(u, dtype=np.float32)
+
+
+def val_set(images: list[np.ndarray], size: int = 256, limit: int = 16) -> torch.Tensor:
+    rng = np.random.default_rng(1234)
+    out = []
+    for img in images[:limit]:
+        h, w = img.shape
+        if h < size or w < size:
+            continue
+        r, c = (h - size) // 2, (w - size) // 2
+        v = img[r : r + size, c : c + size].astype(np.float32)
+        out.append(v / 255.0)
+        out.append(synthetic_full_range(v, rng))
+    return torch.from_numpy(np.stack(out)[:, None])
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def rd_loss(model: SarCodecModel, x: torch.Tensor, q: torch.Tensor, lambdas: torch.Tensor, noise: bool = True):
+    out = model(x, q, noise=noise)
+    npix = x.shape[-1] * x.shape[-2]
+    bits_y = -torch.log2(out["p_y"].float()).sum(dim=(1, 2, 3))
+    bits_z = -torch.log2(out["p_z"].float()).sum(dim=(1, 2, 3))
+    bpp = (bits_y + bits_z) / npix
+    mse = ((out["x_hat"].float() - x.float()) ** 2).mean(dim=(1, 2, 3))
+    loss = (bpp + lambdas[q] * 255.0**2 * mse).mean()
+    return loss, bpp, mse, out["x_hat"]
+
+
+@torch.no_grad()
+def validate(model: SarCodecModel, xs: torch.Tensor, device: torch.device) -> dict:
+    model.eval()
+    lambdas = torch.tensor(model.cfg.lambdas, device=device)
+    rows = []
+    total = 0.0
+    for qi in range(model.cfg.qualities):
+        bpps, psnrs, ssims = [], [], []
+        for i in range(0, len(xs), 4):
+            x = xs[i : i + 4].to(device)
+            q = torch.full((x.shape[0],), qi, dtype=torch.long, device=device)
+            loss, bpp, mse, x_hat = rd_loss(model, x, q, lambdas, noise=False)
+            total += float(loss) * x.shape[0]
+            bpps += bpp.tolist()
+            for j in range(x.shape[0]):
+                a = x[j, 0].cpu().numpy()
+                b = x_hat[j, 0].float().clamp(0, 1).cpu().numpy()
+                psnrs.append(metrics.psnr(a, b, 1.0))
+                ssims.append(metrics.ssim(a, b, 1.0))
+        rows.append({"quality": qi + 1, "bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))})
+    model.train()
+    return {"loss": total / (len(xs) * model.cfg.qualities), "per_quality": rows}
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
+    """Run training; returns a summary dict. Writes ``cfg.out`` (+ ``.ckpt``) on the way."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    files = list_rasters(cfg.data)
+    if cfg.val:
+        val_files = list_rasters(cfg.val)
+        train_files = files
+    else:
+        order = np.random.default_rng(99).permutation(len(files))
+        n_val = max(1, int(round(len(files) * cfg.val_split)))
+        val_files = [files[i] for i in sorted(order[:n_val])]
+        train_files = [files[i] for i in sorted(order[n_val:])]
+    if not train_files:
+        raise ValueError("no training rasters found")
+    log(f"loading {len(train_files)} training and {len(val_files)} validation rasters")
+    images = [load_band(f) for f in train_files]
+    val_x = val_set([load_band(f) for f in val_files])
+
+    out = Path(cfg.out)
+    ckpt_path = out.with_suffix(".ckpt")
+    model_cfg = ModelConfig.from_dict(cfg.model) if cfg.model else ModelConfig()
+    model = SarCodecModel(model_cfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    step, skipped, best, elapsed0 = 0, 0, math.inf, 0.0
+    best_state = None
+    history: list[dict] = []
+    if cfg.resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=True)
+        model = SarCodecModel(ModelConfig.from_dict(ck["model_config"])).to(device)
+        model.load_state_dict(ck["model"])
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        if "optimizer" in ck:
+            opt.load_state_dict(ck["optimizer"])
+        step, skipped, best, elapsed0 = int(ck["step"]), int(ck["skipped"]), float(ck["best"]), float(ck["elapsed"])
+        best_state = ck.get("best_model")
+        history = list(ck.get("history", []))
+        log(f"resumed from {ckpt_path} at step {step}")
+    fwd = torch.compile(model) if cfg.compile else model
+    lambdas = torch.tensor(model.cfg.lambdas, device=device)
+    use_amp = device.type == "cuda"
+    t_start = time.time()
+
+    def elapsed() -> float:
+        return elapsed0 + time.time() - t_start
+
+    def save_checkpoint() -> None:
+        state = {
+            "model_config": model.cfg.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "step": step,
+            "skipped": skipped,
+            "best": best,
+            "elapsed": elapsed(),
+            "history": history,
+            "train_config": asdict(cfg),
+        }
+        if best_state is not None:
+            state["best_model"] = best_state
+        tmp = ckpt_path.with_suffix(".ckpt.tmp")
+        torch.save(state, tmp)
+        tmp.replace(ckpt_path)
+
+    model.train()
+    t_log = time.time()
+    while step < cfg.steps:
+        progress = step / cfg.steps
+        if cfg.max_minutes:
+            progress = max(progress, elapsed() / (cfg.max_minutes * 60))
+            if progress >= 1.0:
+                break
+        lr = cfg.lr if progress < 0.8 else cfg.lr * (0.1 ** ((progress - 0.8) / 0.2))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x = torch.from_numpy(np.stack([random_sample(images[i], cfg.crop, rng) for i in rng.integers(0, len(images), cfg.batch)])[:, None]).to(device)
+        q = torch.from_numpy(rng.integers(0, model.cfg.qualities, cfg.batch)).to(device)
+        with torch.autocast(device.type, enabled=use_amp):
+            loss, bpp, mse, _ = rd_loss(fwd, x, q, lambdas)
+        if not torch.isfinite(loss):
+            skipped += 1
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            continue
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grads_ok = all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+        if not grads_ok:
+            skipped += 1
+            step += 1
+            continue
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        step += 1
+        if time.time() - t_log > 60:
+            t_log = time.time()
+            log(f"step {step} loss {float(loss):.4f} bpp {float(bpp.mean()):.3f} lr {lr:.2e} skipped {skipped} elapsed {elapsed() / 60:.1f} min")
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            v = validate(model, val_x, device)
+            history.append({"step": step, "elapsed_min": elapsed() / 60, **v})
+            msg = " ".join(f"q{r['quality']}:{r['bpp']:.2f}/{r['psnr']:.2f}" for r in v["per_quality"])
+            log(f"val step {step}: loss {v['loss']:.4f} {msg}")
+            if v["loss"] < best:
+                best = v["loss"]
+                best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+        if step % cfg.checkpoint_every == 0:
+            save_checkpoint()
+    v = validate(model, val_x, device)
+    history.append({"step": step, "elapsed_min": elapsed() / 60, **v})
+    if v["loss"] < best or best_state is None:
+        best = v["loss"]
+        best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+    save_checkpoint()
+    from .weights import export
+
+    final = SarCodecModel(model.cfg)
+    final.load_state_dict(best_state)
+    meta = {"steps": step, "wall_minutes": round(elapsed() / 60, 1), "skipped_batches": skipped, "best_val_loss": best,
+            "train_files": len(train_files), "data": cfg.data, "crop": cfg.crop, "batch": cfg.batch, "lr": cfg.lr}
+    export(final.cpu(), out, meta)
+    log(f"exported {out} (best validation loss {best:.4f}, {step} steps, {skipped} skipped)")
+    return {"steps": step, "skipped": skipped, "best": best, "history": history}

@@ -1,0 +1,1 @@
+"""Shipped sarcodec weights (installed as the ``sarcodec.bundled_weights`` package); see README.md here."""
