@@ -271,6 +271,52 @@ def demo(
             Console().print(t)
 
 
+def _parse_qualities(s: str) -> list[int]:
+    qs: list[int] = []
+    for part in s.split(","):
+        a, _, b = part.partition("-")
+        try:
+            lo, hi = int(a), int(b or a)
+        except ValueError:
+            _fail(f"--qualities: cannot parse {s!r} (e.g. 1-8 or 1,4,8)", 2)
+        qs += list(range(lo, hi + 1))
+    if not qs or min(qs) < 1 or max(qs) > 8:
+        _fail("--qualities must lie in 1..8", 2)
+    return sorted(set(qs))
+
+
+@app.command()
+def bench(
+    data: list[Path] = typer.Option(..., "--data", help="Image file or folder (repeatable); each folder is a dataset."),
+    out: Path = typer.Option(Path("bench-out"), "--out", help="Output folder (results.csv/json, rd.png, crops.png, report.md)."),
+    codecs: str = typer.Option("sarcodec,jpeg2000,jpeg2000-log,jpegxl,lossless", help="Comma-separated codecs."),
+    qualities: str = typer.Option("1-8", help="sarcodec qualities, e.g. 1-8 or 2,4,6."),
+    limit: int = typer.Option(0, help="At most this many images per dataset (0: all)."),
+    weights: Optional[Path] = typer.Option(None, help="Weights file (default: the shipped model)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the BD-rate summary as JSON on stdout."),
+) -> None:
+    """Rate-distortion, radiometry and speed against JPEG 2000, JPEG XL and lossless references."""
+    from .bench import run as run_bench
+
+    with _errors():
+        qs = _parse_qualities(qualities)
+        for p in data:
+            if not p.exists():
+                _fail(f"{p}: no such file or folder", 2)
+        try:
+            res = run_bench(data, out, [c.strip() for c in codecs.split(",") if c.strip()], qs, _load(weights),
+                            progress=sys.stderr.isatty(), limit=limit)
+        except ValueError as e:
+            _fail(str(e), 2)
+        if as_json:
+            print(json.dumps(res["summary"]["averaged"]))
+        else:
+            for a in res["summary"]["averaged"]:
+                print(f"{a['dataset']}: {a['codec']} vs {a['anchor']}: BD-rate {a['bd_rate']:+.1f} %, BD-PSNR {a['bd_psnr']:+.2f} dB "
+                      f"({a['images']} images)", file=sys.stderr)
+            print(f"wrote {out}/results.csv, results.json, rd.png, crops.png, report.md", file=sys.stderr)
+
+
 @app.command()
 def train(
     data: list[Path] = typer.Option(..., "--data", help="Folder or raster file with training images (repeatable)."),

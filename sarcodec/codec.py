@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from . import __version__, bitstream
 from .bitstream import FormatError, Header
 from .io import InputError
-from .preprocess import BandMapping, choose_domain, fit_mapping, to_dtype
+from .preprocess import DOMAINS, BandMapping, choose_domain, fit_mapping, to_dtype
 from .weights import CodecModel
 from .weights import load as load_weights
 
@@ -96,6 +96,8 @@ def pixel_classes(v: np.ndarray, nodata: float | None, domain: str) -> np.ndarra
 
 
 def fit_band(source: BandSource, band: int, dtype: np.dtype, nodata: float | None, domain: str) -> BandMapping:
+    if domain not in DOMAINS:
+        raise InputError(f"unknown domain {domain!r}; choose one of {', '.join(DOMAINS)}")
     s = source.sample(band, SAMPLE_PIXELS)
     dom = choose_domain(dtype, s[np.isfinite(s)] if s.dtype.kind == "f" else s, domain)
     cls = pixel_classes(s, nodata, dom)
@@ -150,6 +152,8 @@ class Encoder:
         self.model = model
         self.q = torch.tensor([quality - 1])
         self.tile = tile
+        self.ideal_bits = 0.0  # information content of all coded latents (entropy-coder overhead check)
+        self.latent_bytes = 0
 
     @torch.inference_mode()
     def encode_tile(self, source: BandSource, band: int, grid: Grid, ty: int, tx: int, mapping: BandMapping, nodata: float | None) -> bytes:
@@ -176,7 +180,9 @@ class Encoder:
         h, w = y.shape[-2:]
         hz, wz = -(-h // 4) * 4, -(-w // 4) * 4
         z = torch.round(self.model.h_a(F.pad(y, (0, wz - w, 0, hz - h))))
-        latent, _ = self.model.coder.encode(z[0].numpy().astype(np.int64), y[0].numpy())
+        latent, _, bits = self.model.coder.encode(z[0].numpy().astype(np.int64), y[0].numpy())
+        self.ideal_bits += bits
+        self.latent_bytes += len(latent)
         return bitstream.pack_tile(latent, mask)
 
 
@@ -266,8 +272,11 @@ def _header_from(meta: dict, model: CodecModel, quality: int, tile: int, mapping
 
 
 def encode_source(source: BandSource, meta: dict, out, *, quality: int = 4, domain: str = "auto", tile: int = 1024,
-                  model: CodecModel | None = None, progress: Progress | None = None) -> Header:
-    """Encode ``source`` (described by ``meta``: Header fields) into the binary file object ``out``."""
+                  model: CodecModel | None = None, progress: Progress | None = None, stats: dict | None = None) -> Header:
+    """Encode ``source`` (described by ``meta``: Header fields) into the binary file object ``out``.
+
+    ``stats``, if given, receives ``ideal_bits`` and ``latent_bytes`` (entropy-coder overhead check).
+    """
     model = model or load_weights()
     enc = Encoder(model, quality, tile)
     dtype = np.dtype(meta["dtype"])
@@ -286,6 +295,8 @@ def encode_source(source: BandSource, meta: dict, out, *, quality: int = 4, doma
                 if progress:
                     progress(done, total)
     writer.finish()
+    if stats is not None:
+        stats.update(ideal_bits=enc.ideal_bits, latent_bytes=enc.latent_bytes)
     return header
 
 
@@ -312,7 +323,7 @@ def decode_tiles(reader: bitstream.Reader, model: CodecModel, sink: Callable[[in
 
 
 def encode_array(array: np.ndarray, quality: int = 4, *, nodata: float | None = None, domain: str = "auto",
-                 tile: int = 1024, model: CodecModel | None = None, meta: dict | None = None) -> bytes:
+                 tile: int = 1024, model: CodecModel | None = None, meta: dict | None = None, stats: dict | None = None) -> bytes:
     """Compress a (bands, height, width) or (height, width) array to ``.sarc`` bytes."""
     import io as _io
 
@@ -326,7 +337,7 @@ def encode_array(array: np.ndarray, quality: int = 4, *, nodata: float | None = 
     m = {"width": a.shape[2], "height": a.shape[1], "bands": a.shape[0], "dtype": a.dtype.name, "nodata": nodata}
     m.update(meta or {})
     buf = _io.BytesIO()
-    encode_source(ArraySource(a), m, buf, quality=quality, domain=domain, tile=tile, model=model)
+    encode_source(ArraySource(a), m, buf, quality=quality, domain=domain, tile=tile, model=model, stats=stats)
     return buf.getvalue()
 
 

@@ -33,12 +33,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import A_FRAC_BITS, A_MAX, NUM_SCALES, W_FRAC_BITS, HyperSynthesis, scale_table
+from .model import A_FRAC_BITS, A_MAX, MEAN_GAIN, NUM_SCALES, SIDX_GAIN, W_FRAC_BITS, Z_RADIUS, HyperSynthesis, scale_table
 
 PMF_TOTAL_BITS = 16
-Z_RADIUS = 48  # z symbols are clamped to [-Z_RADIUS, Z_RADIUS]
 Y_TAIL_SIGMAS = 8.0
-Y_MAX_RADIUS = 512
+Y_MAX_RADIUS = 1024
 ESCAPE_BITS = 16  # escape magnitude coded uniformly in [0, 2^16)
 EXACT_LIMIT = 2**52
 
@@ -119,6 +118,9 @@ class IntHyperSynthesis:
         for i, (c, sh) in enumerate(zip(hs.convs, hs.shuffle_after)):
             w = torch.round(c.weight.detach().double() * 2**W_FRAC_BITS).long().numpy()
             b = torch.round(c.bias.detach().double() * 2 ** (W_FRAC_BITS + A_FRAC_BITS)).long().numpy()
+            if i == n - 1:  # output gains, applied exactly as in HyperSynthesis.forward
+                g = np.array([MEAN_GAIN] * latent + [SIDX_GAIN] * latent, dtype=np.int64)
+                w, b = w * g[:, None, None, None], b * g
             layers.append(IntLayer(w, b, sh, i < n - 1))
         return cls(layers, latent)
 
@@ -178,6 +180,8 @@ class EntropyCoder:
 
     def __init__(self, hs: IntHyperSynthesis, z_pmf: np.ndarray, y_pmf: np.ndarray, y_radius: np.ndarray) -> None:
         self.hs = hs
+        self.z_pmf = z_pmf.astype(np.int64)
+        self.y_pmf = y_pmf.astype(np.int64)
         cat = constriction.stream.model.Categorical
         self.z_models = [cat(row.astype(np.float64), perfect=False) for row in z_pmf]
         self.y_radius = y_radius.astype(np.int64)
@@ -187,8 +191,11 @@ class EntropyCoder:
     def hyper(self, z_sym: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.hs(z_sym)
 
-    def encode(self, z_sym: np.ndarray, y: np.ndarray) -> tuple[bytes, np.ndarray]:
-        """z_sym: int (Cz, hz, wz); y: float (M, h, w), h <= 4hz, w <= 4wz. Returns (payload, y_hat)."""
+    def encode(self, z_sym: np.ndarray, y: np.ndarray) -> tuple[bytes, np.ndarray, float]:
+        """z_sym: int (Cz, hz, wz); y: float (M, h, w), h <= 4hz, w <= 4wz.
+
+        Returns (payload, y_hat, ideal bits: the information content of the symbols under the tables).
+        """
         enc = constriction.stream.queue.RangeEncoder()
         z_sym = np.clip(z_sym, -Z_RADIUS, Z_RADIUS).astype(np.int64)
         for c, model in enumerate(self.z_models):
@@ -217,7 +224,17 @@ class EntropyCoder:
         if escapes.size:
             enc.encode(escapes.astype(np.int32), self.escape_model)
         y_hat = (sym + mean).astype(np.float32)
-        return enc.get_compressed().tobytes(), y_hat
+        return enc.get_compressed().tobytes(), y_hat, self._ideal_bits(z_sym, sidx, idx, escapes.size)
+
+    def _ideal_bits(self, z_sym: np.ndarray, sidx: np.ndarray, idx: np.ndarray, n_escapes: int) -> float:
+        """Information content of the coded symbols under the integer tables (what an ideal coder spends)."""
+        bits = 0.0
+        for c in range(z_sym.shape[0]):
+            p = self.z_pmf[c][z_sym[c].ravel() + Z_RADIUS]
+            bits += float(-np.log2(p / 2**PMF_TOTAL_BITS).sum())
+        p = self.y_pmf[sidx.ravel(), idx.ravel()]
+        bits += float(-np.log2(p / 2**PMF_TOTAL_BITS).sum())
+        return bits + ESCAPE_BITS * n_escapes
 
     def decode(self, payload: bytes, z_shape: tuple[int, int, int], y_hw: tuple[int, int]) -> np.ndarray:
         """Inverse of ``encode``: returns y_hat float32 (M, *y_hw)."""

@@ -29,8 +29,12 @@ W_FRAC_BITS = 12  # weights and biases in units of 2**-12 (biases: 2**-(12+8))
 A_FRAC_BITS = 8  # activations in units of 2**-8
 A_MAX = 4096.0  # activation clamp (float units) -> keeps integer sums far below 2**53
 
+Z_RADIUS = 48  # hyper-latent symbols are clamped to [-Z_RADIUS, Z_RADIUS] (training and coding)
+MEAN_GAIN = 16  # h_s outputs are multiplied by these (integer) gains, so Adam's small steps move
+SIDX_GAIN = 8  # means and scale indices fast enough; the integer path multiplies after rounding
+
 SCALE_MIN = 0.11
-SCALE_MAX = 64.0
+SCALE_MAX = 256.0
 NUM_SCALES = 64
 
 
@@ -38,7 +42,7 @@ NUM_SCALES = 64
 class ModelConfig:
     """Architecture hyper-parameters; stored in every exported weights file."""
 
-    latent: int = 160  # M: channels of y
+    latent: int = 256  # M: channels of y (one per coefficient of the 16x16 lapped transform)
     hyper: int = 64  # channels of z
     hyper_hidden: int = 64
     c4: int = 64  # channels at 1/4 resolution
@@ -46,7 +50,7 @@ class ModelConfig:
     c16: int = 160  # channels at 1/16 resolution
     qualities: int = 8
     lambdas: list[float] = field(
-        default_factory=lambda: [0.0004, 0.0009, 0.002, 0.0045, 0.01, 0.022, 0.048, 0.1]
+        default_factory=lambda: [0.0015, 0.00248, 0.0041, 0.0068, 0.0112, 0.0185, 0.0305, 0.05]
     )
 
     def to_dict(self) -> dict:
@@ -87,9 +91,36 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
+BLOCK = 16
+DCT_GAIN = 32.0  # analysis scale: a unit quantisation step is 1/32 of the normalised range at gain 1
+
+
+def dct_basis(n: int = BLOCK) -> torch.Tensor:
+    """Orthonormal 2-D DCT-II basis (n*n, n, n), ordered from low to high frequency (zig-zag)."""
+    k = torch.arange(n, dtype=torch.float64)
+    c = torch.cos(math.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * math.sqrt(2.0 / n)
+    c[0] /= math.sqrt(2.0)
+    order = sorted(((u, v) for u in range(n) for v in range(n)), key=lambda t: (t[0] + t[1], t[0]))
+    return torch.stack([torch.outer(c[u], c[v]) for u, v in order]).float()
+
+
+def lapped_init(weight: torch.Tensor, scale: float, dc_scale: float) -> None:
+    """Centre the DCT basis in a 2x-wide kernel: the transform starts as a block DCT and can learn overlap."""
+    with torch.no_grad():
+        weight.zero_()
+        basis = dct_basis()[: weight.shape[0]] * scale
+        basis[0] *= dc_scale
+        o = BLOCK // 2
+        weight[:, 0, o : o + BLOCK, o : o + BLOCK] = basis
+
+
 class Analysis(nn.Module):
+    """Lapped transform (starts as a 16x16 DCT) plus a learned nonlinear residual (starts at zero)."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.lapped = nn.Conv2d(1, cfg.latent, 2 * BLOCK, stride=BLOCK, padding=BLOCK // 2, bias=False)
+        lapped_init(self.lapped.weight, DCT_GAIN, 1.0 / BLOCK)  # DC = 32 x block mean
         self.net = nn.Sequential(
             nn.PixelUnshuffle(4),
             conv(16, cfg.c4, 3),
@@ -103,14 +134,21 @@ class Analysis(nn.Module):
             ResBlock(cfg.c16, bottleneck=True),
             conv(cfg.c16, cfg.latent, 3),
         )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.lapped(x) + self.net(x)
 
 
 class Synthesis(nn.Module):
+    """Inverse lapped transform (starts as the inverse DCT) plus a learned residual (starts at zero)."""
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        self.lapped = nn.ConvTranspose2d(cfg.latent, 1, 2 * BLOCK, stride=BLOCK, padding=BLOCK // 2, bias=True)
+        lapped_init(self.lapped.weight, 1.0 / DCT_GAIN, float(BLOCK))
+        nn.init.zeros_(self.lapped.bias)
         self.net = nn.Sequential(
             conv(cfg.latent, cfg.c16, 3),
             nn.LeakyReLU(0.1),
@@ -127,9 +165,11 @@ class Synthesis(nn.Module):
             conv(cfg.c4, 16, 3),
             nn.PixelShuffle(4),
         )
+        nn.init.zeros_(self.net[-2].weight)
+        nn.init.zeros_(self.net[-2].bias)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.net(y)
+        return self.lapped(y) + self.net(y)
 
     @property
     def halo(self) -> int:
@@ -188,10 +228,10 @@ class HyperSynthesis(nn.Module):
             ]
         )
         self.shuffle_after = (False, True, True, False, False)
-        # start with a mid-range scale index so early training is stable
+        # start with scale index 16 (sigma ~0.8)
         nn.init.constant_(self.convs[-1].bias, 0.0)
         with torch.no_grad():
-            self.convs[-1].bias[cfg.latent :] = NUM_SCALES / 2
+            self.convs[-1].bias[cfg.latent :] = 16.0 / SIDX_GAIN
 
     def forward(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = z_hat
@@ -203,9 +243,10 @@ class HyperSynthesis(nn.Module):
             if i < n - 1:
                 x = qrelu(x)
         mean, sidx = x.chunk(2, dim=1)
-        # the integer path rounds the mean to the activation grid
-        mean = _ste_round(mean * 2**A_FRAC_BITS) / 2**A_FRAC_BITS
-        return mean, sidx
+        # the integer path applies the output gains to the integer accumulator, then rounds the mean
+        # to the activation grid
+        mean = _ste_round(mean * MEAN_GAIN * 2**A_FRAC_BITS) / 2**A_FRAC_BITS
+        return mean, sidx * SIDX_GAIN
 
 
 def index_to_scale(sidx: torch.Tensor) -> torch.Tensor:
@@ -257,21 +298,26 @@ def gaussian_likelihood(y: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
     return p
 
 
+LOG_GAIN_RATE = 10.0
+
+
 class GainUnits(nn.Module):
     """Per-quality channel gains (Cui et al., 2021): one model, eight rate points."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         lam = torch.tensor(cfg.lambdas, dtype=torch.float32)
-        g = (lam / lam[len(lam) // 2]) ** 0.3
-        self.log_gain = nn.Parameter(torch.log(g)[:, None].repeat(1, cfg.latent))
-        self.log_igain = nn.Parameter(-torch.log(g)[:, None].repeat(1, cfg.latent))
+        # high-rate theory: step^2 ~ 1/lambda; gain 1 (step 1/32 of the range) matches lambda ~0.137
+        g = (lam / 0.137) ** 0.5
+        self.log_gain = nn.Parameter(torch.log(g)[:, None].repeat(1, cfg.latent) / LOG_GAIN_RATE)
+        self.log_igain = nn.Parameter(-torch.log(g)[:, None].repeat(1, cfg.latent) / LOG_GAIN_RATE)
 
+    # log-gains are stored divided by LOG_GAIN_RATE so that Adam adapts them quickly
     def gain(self, q: torch.Tensor) -> torch.Tensor:
-        return torch.exp(self.log_gain[q])[:, :, None, None]
+        return torch.exp(self.log_gain[q] * LOG_GAIN_RATE)[:, :, None, None]
 
     def igain(self, q: torch.Tensor) -> torch.Tensor:
-        return torch.exp(self.log_igain[q])[:, :, None, None]
+        return torch.exp(self.log_igain[q] * LOG_GAIN_RATE)[:, :, None, None]
 
 
 class SarCodecModel(nn.Module):
@@ -295,6 +341,7 @@ class SarCodecModel(nn.Module):
         """
         y = self.g_a(x) * self.gains.gain(q)
         z = self.h_a(y)
+        z = z - (z - z.clamp(-Z_RADIUS, Z_RADIUS)).detach()  # coding clamps z; keep gradients
         z_hat = _ste_round(z)
         mean, sidx = self.h_s(z_hat)
         scale = index_to_scale(sidx)

@@ -1,0 +1,173 @@
+"""The command line: happy paths, --json, and every bad-input path (one line, exit code, no output)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+
+from .conftest import EVAL, need, run_cli, sha
+
+
+def assert_clean_failure(r, code: int, *fragments: str):
+    assert r.returncode == code, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, r.stderr
+    for f in fragments:
+        assert f.lower() in lines[0].lower(), lines[0]
+    assert r.stdout == ""
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory, s1_file):
+    d = tmp_path_factory.mktemp("cli")
+    out = d / "scene.sarc"
+    r = run_cli("encode", s1_file, out, "--quality", "3", "--json")
+    assert r.returncode == 0, r.stderr
+    return out, json.loads(r.stdout)
+
+
+def test_encode_json_and_info(encoded, s1_file):
+    out, rep = encoded
+    assert rep["bytes"] == out.stat().st_size and rep["quality"] == 3
+    assert rep["width"] == 1024 and rep["dtype"] == "uint8"
+    assert 0 < rep["bpp"] < 8
+    r = run_cli("info", out, "--json")
+    assert r.returncode == 0
+    info = json.loads(r.stdout)
+    assert info["tiles"] == 1 and info["quality"] == 3 and "3395" in info["crs"]
+    r = run_cli("info", out)
+    assert r.returncode == 0 and "model_id" in r.stdout
+
+
+def test_decode_human_summary_and_existing_output(encoded, tmp_path):
+    out, _ = encoded
+    dst = tmp_path / "d.tif"
+    r = run_cli("decode", out, dst)
+    assert r.returncode == 0 and r.stdout == ""
+    assert "bpp" in r.stderr and "decoded" in r.stderr
+    before = sha(dst)
+    r = run_cli("decode", out, dst)
+    assert_clean_failure(r, 2, "already exists", "--force")
+    assert sha(dst) == before
+    r = run_cli("decode", out, dst, "--force", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["width"] == 1024
+
+
+def test_missing_input(tmp_path):
+    r = run_cli("encode", tmp_path / "nope.tif", tmp_path / "o.sarc")
+    assert_clean_failure(r, 2, "no such file")
+    assert not (tmp_path / "o.sarc").exists()
+
+
+def test_not_a_raster(tmp_path):
+    txt = tmp_path / "notes.tif"
+    txt.write_text("this is not a raster\n")
+    r = run_cli("encode", txt, tmp_path / "o.sarc")
+    assert_clean_failure(r, 2, "not a raster")
+    assert not (tmp_path / "o.sarc").exists()
+    r = run_cli("decode", txt, tmp_path / "o.tif")
+    assert_clean_failure(r, 2, "not a .sarc file")
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_directory_input(tmp_path):
+    r = run_cli("info", tmp_path)
+    assert_clean_failure(r, 2, "directory")
+
+
+def test_complex_and_unsupported_dtypes(tmp_path):
+    slc = need(EVAL / "float" / "terrasarx-slc-crop.tif")
+    before = sha(slc)
+    r = run_cli("encode", slc, tmp_path / "o.sarc")
+    assert_clean_failure(r, 2, "complex")
+    assert sha(slc) == before and not (tmp_path / "o.sarc").exists()
+    p = tmp_path / "i32.tif"
+    with rasterio.open(p, "w", driver="GTiff", width=8, height=8, count=1, dtype="int32") as ds:
+        ds.write(np.ones((1, 8, 8), dtype=np.int32))
+    r = run_cli("encode", p, tmp_path / "o.sarc")
+    assert_clean_failure(r, 2, "int32", "not supported")
+
+
+def test_inf_input_refused(tmp_path):
+    p = tmp_path / "inf.tif"
+    v = np.ones((1, 64, 64), dtype=np.float32)
+    v[0, 5, 5] = np.inf
+    with rasterio.open(p, "w", driver="GTiff", width=64, height=64, count=1, dtype="float32") as ds:
+        ds.write(v)
+    r = run_cli("encode", p, tmp_path / "o.sarc")
+    assert_clean_failure(r, 2, "inf")
+    assert not (tmp_path / "o.sarc").exists()
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_corrupt_and_truncated_sarc(encoded, tmp_path):
+    out, _ = encoded
+    data = out.read_bytes()
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10
+    bad = tmp_path / "flip.sarc"
+    bad.write_bytes(bytes(flipped))
+    r = run_cli("decode", bad, tmp_path / "o.tif")
+    assert_clean_failure(r, 2, "checksum")
+    assert not (tmp_path / "o.tif").exists()
+    trunc = tmp_path / "trunc.sarc"
+    trunc.write_bytes(data[: len(data) - 100])
+    r = run_cli("decode", trunc, tmp_path / "o.tif")
+    assert_clean_failure(r, 2, "outside the file")
+    assert not (tmp_path / "o.tif").exists()
+    r = run_cli("info", tmp_path / "absent.sarc")
+    assert_clean_failure(r, 2, "no such file")
+
+
+def test_usage_errors(encoded, tmp_path, s1_file):
+    out, _ = encoded
+    r = run_cli("encode", s1_file, tmp_path / "o.sarc", "--quality", "9")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = run_cli("decode", out, tmp_path / "o.tif", "--window", "1,2,3")
+    assert_clean_failure(r, 2, "--window")
+    r = run_cli("decode", out, tmp_path / "o.tif", "--window", "1000,0,100,100")
+    assert_clean_failure(r, 2, "not inside")
+    assert not (tmp_path / "o.tif").exists()
+    r = run_cli("encode", s1_file, tmp_path / "o.sarc", "--domain", "sqrt")
+    assert_clean_failure(r, 2, "domain")
+    r = run_cli("encode", s1_file, s1_file, "--force")
+    assert_clean_failure(r, 2, "overwrite the input")
+
+
+def test_unwritable_output_dir(tmp_path, s1_file):
+    r = run_cli("encode", s1_file, tmp_path / "missing-dir" / "o.sarc")
+    assert_clean_failure(r, 2, "does not exist")
+
+
+def test_wrong_model_is_named(encoded, tmp_path):
+    import torch
+
+    out, _ = encoded
+    from sarcodec.weights import default_weights_path
+
+    blob = torch.load(default_weights_path(), weights_only=True)
+    blob["y_pmf"] = blob["y_pmf"].clone()
+    blob["y_pmf"][0, 0] += 1
+    from sarcodec.weights import _model_id
+
+    blob["model_id"] = _model_id(blob)
+    other = tmp_path / "other.pt"
+    torch.save(blob, other)
+    r = run_cli("decode", out, tmp_path / "o.tif", "--weights", other)
+    assert_clean_failure(r, 2, "encoded with model")
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_several_inputs_to_directory(tmp_path):
+    srcs = sorted((EVAL / "float").glob("opensarship-grd-dn-*.tif"))[:3]
+    if len(srcs) < 3:
+        pytest.skip("data missing")
+    r = run_cli("encode", *srcs, tmp_path / "enc", "--workers", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.strip().splitlines()) == 3
+    r = run_cli("decode", tmp_path / "enc", tmp_path / "dec", "--json")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == sorted(s.stem + ".tif" for s in srcs)

@@ -1,0 +1,135 @@
+"""The .sarc container, the integer entropy model and the coder: exactness, determinism, rejection."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+
+import sarcodec
+from sarcodec import bitstream
+from sarcodec.bitstream import FormatError, Header
+from sarcodec.entropy import Z_RADIUS, IntHyperSynthesis, build_y_tables, quantize_pmf
+from sarcodec.model import A_FRAC_BITS, ModelConfig, SarCodecModel
+
+
+def small_file(model, s1_array) -> bytes:
+    return sarcodec.encode_array(s1_array[0, :200, :330], 4, tile=128, model=model)
+
+
+def test_header_json_roundtrip_exact_floats():
+    h = Header(width=3, height=2, bands=1, dtype="float32", tile=64, quality=2, model_id="0123456789abcdef", model_name="m",
+               mappings=[{"domain": "log", "lo": -23.123456789012345, "hi": 0.1 + 0.2, "factor": 10.0, "floor": 1e-7}],
+               nodata=float("nan"))
+    h2 = Header.from_json(h.to_json())
+    assert h2.mappings == h.mappings and np.isnan(h2.nodata)
+
+
+def test_pack_reader_roundtrip():
+    h = Header(width=100, height=70, bands=2, dtype="uint8", tile=64, quality=1, model_id="0" * 16, model_name="m",
+               mappings=[{"domain": "identity", "lo": 0.0, "hi": 255.0}] * 2)
+    payloads = [bytes([i]) * (i + 1) for i in range(h.n_tiles)]
+    data = bitstream.pack(h, payloads)
+    r = bitstream.Reader(io.BytesIO(data), len(data))
+    assert [r.payload(i) for i in range(h.n_tiles)] == payloads
+
+
+def test_pmf_tables_are_valid():
+    q = quantize_pmf(np.array([[0.5, 0.5, 0.0, 1e-12], [1.0, 0.0, 0.0, 0.0]]))
+    assert np.all(q >= 1) and np.all(q.sum(1) == 2**16)
+    pmf, radius = build_y_tables()
+    for row, r in zip(pmf, radius):
+        assert row[: 2 * r + 3].sum() == 2**16 and np.all(row[: 2 * r + 3] >= 1) and np.all(row[2 * r + 3 :] == 0)
+
+
+def test_integer_hyper_synthesis_matches_fake_quant_training_path():
+    torch.manual_seed(0)
+    cfg = ModelConfig()
+    m = SarCodecModel(cfg).eval()
+    for p in m.h_s.parameters():
+        p.data.normal_(0, 0.05)
+    z = torch.randint(-5, 6, (1, cfg.hyper, 3, 4)).float()
+    with torch.no_grad():
+        mean_f, sidx_f = m.h_s(z)
+    ihs = IntHyperSynthesis.from_float(m.h_s, cfg.latent)
+    mean_i, sidx_i = ihs(z[0].numpy().astype(np.int64))
+    # identical up to a rounding step of the fixed-point grid on a few elements
+    diff = np.abs(mean_i / 2**A_FRAC_BITS - mean_f[0].numpy())
+    assert np.mean(diff < 1.5 / 2**A_FRAC_BITS) > 0.99
+    expect = np.clip(np.floor(sidx_f[0].numpy() + 0.5), 0, 63)
+    assert np.mean(sidx_i == expect) > 0.99
+
+
+def test_integer_hyper_synthesis_is_thread_invariant(model):
+    z = np.random.default_rng(3).integers(-Z_RADIUS, Z_RADIUS + 1, (model.cfg.hyper, 9, 7))
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = model.coder.hs(z)
+        torch.set_num_threads(2)
+        b = model.coder.hs(z)
+    finally:
+        torch.set_num_threads(n)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_coder_roundtrip_with_escapes(model):
+    rng = np.random.default_rng(0)
+    z = rng.integers(-3, 4, (model.cfg.hyper, 2, 3))
+    y = rng.normal(0, 3, (model.cfg.latent, 7, 11)).astype(np.float32)
+    y[0, 0, 0] = 5e5  # far beyond any table: escape, clamped to the escape range
+    y[5, 3, 4] = -900.0
+    payload, y_hat, bits = model.coder.encode(z, y)
+    assert 0 < bits <= 8 * len(payload) + 64
+    back = model.coder.decode(payload, z.shape, (7, 11))
+    assert np.array_equal(back, y_hat)
+    assert abs(y_hat[5, 3, 4] + 900.0) <= 0.5
+
+
+def test_encode_is_deterministic(model, s1_array):
+    assert small_file(model, s1_array) == small_file(model, s1_array)
+
+
+@pytest.mark.parametrize("where", ["magic", "version", "header_crc", "table_crc", "tile_crc"])
+def test_reader_rejects_damage(model, s1_array, where):
+    data = bytearray(small_file(model, s1_array))
+    (hlen,) = struct.unpack_from("<I", data, 8)
+    pos = {"magic": 0, "version": 4, "header_crc": 20, "table_crc": 16 + hlen + 6, "tile_crc": len(data) - 3}[where]
+    data[pos] ^= 0xFF
+    with pytest.raises(FormatError):
+        sarcodec.decode_array(bytes(data), model=model)
+
+
+def test_reader_rejects_truncation_at_every_boundary(model, s1_array):
+    data = small_file(model, s1_array)
+    (hlen,) = struct.unpack_from("<I", data, 8)
+    n = struct.unpack_from("<I", data, 16 + hlen)[0]
+    cuts = [0, 3, 4, 12, 16, 16 + hlen - 1, 16 + hlen, 16 + hlen + 4, 16 + hlen + 4 + 16 * n, 16 + hlen + 8 + 16 * n, len(data) - 1]
+    for cut in cuts:
+        with pytest.raises(FormatError):
+            sarcodec.decode_array(data[:cut], model=model)
+
+
+def test_header_with_forged_checksum_is_validated(model, s1_array):
+    data = small_file(model, s1_array)
+    (hlen,) = struct.unpack_from("<I", data, 8)
+    h = Header.from_json(data[16 : 16 + hlen])
+    h.width = 10**9  # declared size out of range, with a valid checksum
+    hj = h.to_json()
+    forged = bitstream.prelude(hj) + data[16 + hlen :]
+    with pytest.raises(FormatError, match="width"):
+        sarcodec.decode_array(forged, model=model)
+
+
+def test_tile_payload_mask_bomb_rejected():
+    mask = bytes(100)
+    p = bitstream.pack_tile(b"", mask + b"\0" * 10**6)
+    with pytest.raises(FormatError, match="wrong size"):
+        bitstream.unpack_tile(p, 100)
+    z = zlib.compress(bytes([7]) * 100)
+    bad = bytes([1]) + struct.pack("<I", len(z)) + z
+    with pytest.raises(FormatError, match="unknown classes"):
+        bitstream.unpack_tile(bad, 100)
