@@ -198,7 +198,12 @@ class Decoder:
         self.reader = reader
         self.grid = Grid(header.height, header.width, header.tile)
         self.q = torch.tensor([header.quality - 1])
-        self.mappings = [BandMapping.from_dict(m) for m in header.mappings]
+        try:
+            self.mappings = [BandMapping.from_dict(m) for m in header.mappings]
+        except (KeyError, TypeError, ValueError) as e:
+            raise FormatError(f"header preprocessing parameters invalid ({e})") from None
+        if header.quality > model.cfg.qualities:
+            raise FormatError(f"quality {header.quality} is not offered by model {model.name}")
         self.cache: dict[tuple[int, int, int], tuple[np.ndarray, bytes | None]] = {}
 
     def _latent(self, band: int, ty: int, tx: int) -> tuple[np.ndarray, bytes | None]:
@@ -452,3 +457,16 @@ def info(src: str | Path) -> dict:
         "crs": h.crs, "transform": h.transform, "gcps": len(h.gcps), "nodata": h.nodata,
         "domains": [m["domain"] for m in h.mappings], "descriptions": h.descriptions, "encoder": h.encoder,
     }
+
+
+def decode_latents(data: bytes, *, model: CodecModel | None = None) -> list[np.ndarray]:
+    """Entropy-decoded latents (y_hat, scaled domain) of every tile: what must be bit-identical everywhere.
+
+    y_hat = symbol + integer mean / 256, so equal arrays mean equal symbols and equal entropy-model state.
+    """
+    import io as _io
+
+    reader = bitstream.Reader(_io.BytesIO(data), len(data))
+    dec = Decoder(model or load_weights(), reader.header, reader)
+    h, g = reader.header, dec.grid
+    return [dec._latent(b, ty, tx)[0] for b in range(h.bands) for ty in range(g.tiles_y) for tx in range(g.tiles_x)]

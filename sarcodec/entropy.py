@@ -237,7 +237,16 @@ class EntropyCoder:
         return bits + ESCAPE_BITS * n_escapes
 
     def decode(self, payload: bytes, z_shape: tuple[int, int, int], y_hw: tuple[int, int]) -> np.ndarray:
-        """Inverse of ``encode``: returns y_hat float32 (M, *y_hw)."""
+        """Inverse of ``encode``: returns y_hat float32 (M, *y_hw); EntropyError on invalid data."""
+        try:
+            return self._decode(payload, z_shape, y_hw)
+        except EntropyError:
+            raise
+        except (AssertionError, ValueError, RuntimeError, OverflowError, IndexError) as e:
+            # constriction signals data that no symbol sequence could have produced with AssertionError
+            raise EntropyError(f"invalid coded data ({e})") from None
+
+    def _decode(self, payload: bytes, z_shape: tuple[int, int, int], y_hw: tuple[int, int]) -> np.ndarray:
         if len(payload) % 4:
             raise EntropyError("coded tile length is not a multiple of 4 bytes")
         words = np.frombuffer(payload, dtype=np.uint32)

@@ -1,0 +1,50 @@
+"""Rate-distortion of the shipped model against JPEG 2000 and JPEG XL on the evaluation data.
+
+    python benchmarks/rd_vs_jpeg2000.py [--out bench-out] [--limit N] [--qualities 1-8]
+
+Runs ``sarcodec bench`` on ``../shared/data/eval/s1-vh-8bit`` (PSNR on the 8-bit values) and on the
+full-range files of ``../shared/data/eval/float`` (PSNR of the dB image; complex SLC files are left
+out: sarcodec does not code them yet), then prints the per-quality table, the BD-rates against
+``jpeg2000-log`` and ``jpeg2000``, and the entropy coder's overhead.  See sarcodec/bench.py for
+how every codec is run and rate-matched.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EVAL = ROOT.parent / "shared" / "data" / "eval"
+
+
+def main() -> None:
+    from sarcodec.bench import run
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("bench-out"))
+    ap.add_argument("--limit", type=int, default=0, help="at most N images per dataset (0: all)")
+    ap.add_argument("--qualities", default="1-8")
+    ap.add_argument("--codecs", default="sarcodec,jpeg2000,jpeg2000-log,jpegxl,lossless")
+    args = ap.parse_args()
+    a, _, b = args.qualities.partition("-")
+    qs = list(range(int(a), int(b or a) + 1)) if "," not in args.qualities else [int(x) for x in args.qualities.split(",")]
+    # the float set without the complex SLC crops, as a folder of links so it stays one dataset
+    tmp = Path(tempfile.mkdtemp(prefix="sarcodec-rd-"))
+    flt = tmp / "float"
+    flt.mkdir()
+    for f in sorted((EVAL / "float").glob("*.tif")):
+        if "slc" not in f.name:
+            (flt / f.name).symlink_to(f)
+    try:
+        res = run([EVAL / "s1-vh-8bit", flt], args.out, args.codecs.split(","), qs, limit=args.limit)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print((args.out / "report.md").read_text())
+    print(json.dumps(res["summary"]["averaged"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Hostile .sarc input: seeded mutations must be rejected cleanly or decode, never crash or hang.
+
+The fast run (>= 1,000 cases) is part of the normal suite; ``-m slow`` runs a longer soak.
+Outcomes are counted and printed (pytest -s shows them).
+"""
+from __future__ import annotations
+
+import collections
+import json
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+import sarcodec
+from sarcodec import bitstream
+from sarcodec.bitstream import FormatError
+from sarcodec.codec import DecodeError
+from sarcodec.io import InputError
+
+CLEAN = (FormatError, InputError, DecodeError)
+
+
+def layout(data: bytes) -> dict:
+    (hlen,) = struct.unpack_from("<I", data, 8)
+    tstart = 16 + hlen
+    (n,) = struct.unpack_from("<I", data, tstart)
+    return {"hlen": hlen, "tstart": tstart, "n": n, "data_start": tstart + 8 + 16 * n}
+
+
+def with_header(data: bytes, edit) -> bytes:
+    """Rewrite the JSON header (valid CRC) and shift the tile offsets accordingly."""
+    lay = layout(data)
+    h = json.loads(data[16 : 16 + lay["hlen"]])
+    edit(h)
+    hj = json.dumps(h).encode()
+    shift = len(hj) - lay["hlen"]
+    entries = [struct.unpack_from("<QII", data, lay["tstart"] + 4 + 16 * i) for i in range(lay["n"])]
+    entries = [bitstream.TileEntry(o + shift, ln, c) for o, ln, c in entries]
+    return bitstream.prelude(hj) + bitstream.table_bytes(entries) + data[lay["data_start"] :]
+
+
+def with_table(data: bytes, edit) -> bytes:
+    """Rewrite tile-table entries (valid table CRC)."""
+    lay = layout(data)
+    entries = [list(struct.unpack_from("<QII", data, lay["tstart"] + 4 + 16 * i)) for i in range(lay["n"])]
+    edit(entries)
+    table = bitstream.table_bytes([bitstream.TileEntry(*e) for e in entries])
+    return data[: lay["tstart"]] + table + data[lay["data_start"] :]
+
+
+def with_payload(data: bytes, index: int, new: bytes) -> bytes:
+    """Replace one tile payload (valid CRC): exercises the decoder behind the checksums."""
+    lay = layout(data)
+    payloads = []
+    for i in range(lay["n"]):
+        o, ln, _ = struct.unpack_from("<QII", data, lay["tstart"] + 4 + 16 * i)
+        payloads.append(data[o : o + ln])
+    payloads[index] = new
+    h = bitstream.Header.from_json(data[16 : 16 + lay["hlen"]])
+    return bitstream.pack(h, payloads)
+
+
+HEADER_EDITS = [
+    lambda h: h.update(width=10**9), lambda h: h.update(height=0), lambda h: h.update(width=-5), lambda h: h.update(bands=10**6),
+    lambda h: h.update(width=30000, height=30000), lambda h: h.update(tile=65), lambda h: h.update(tile=10**9),
+    lambda h: h.update(quality=0), lambda h: h.update(quality=99), lambda h: h.update(dtype="complex64"),
+    lambda h: h.update(dtype=None), lambda h: h.update(model_id="x"), lambda h: h.update(mappings=[]),
+    lambda h: h["mappings"][0].update(lo=float("1e308"), hi=-1.0), lambda h: h["mappings"][0].update(domain="sqrt"),
+    lambda h: h["mappings"][0].update(hi="a"), lambda h: h.update(transform=[1, 2]), lambda h: h.update(nodata="zero"),
+    lambda h: h.update(gcps="none"), lambda h: h.pop("width"), lambda h: h.update(width=True), lambda h: h.update(width=1.5),
+    lambda h: h.update(extra_field={"a": [1] * 100}), lambda h: h.update(tags=[]), lambda h: h.update(bands=2),
+]
+
+
+def mutations(base: bytes, rng: np.random.Generator, count: int):
+    lay = layout(base)
+    bounds = [0, 4, 5, 8, 12, 16, 16 + lay["hlen"], lay["tstart"] + 4, lay["data_start"] - 4, lay["data_start"], len(base)]
+    for b in bounds:  # truncation at every section boundary (and one byte either side)
+        for d in (-1, 0, 1):
+            if 0 <= b + d < len(base):
+                yield "truncate", base[: b + d]
+    for edit in HEADER_EDITS:
+        try:
+            yield "header", with_header(base, edit)
+        except (TypeError, ValueError):
+            pass
+    n = lay["n"]
+    yield "table", with_table(base, lambda e: e[0].__setitem__(0, 10**12))
+    yield "table", with_table(base, lambda e: e[0].__setitem__(1, 2**32 - 1))
+    yield "table", with_table(base, lambda e: e[-1].__setitem__(0, e[0][0]))  # overlapping tiles
+    yield "table", with_table(base, lambda e: e[0].__setitem__(0, 0))  # points into the header
+    yield "payload", with_payload(base, 0, b"")
+    yield "payload", with_payload(base, 0, b"\x07")
+    yield "payload", with_payload(base, n - 1, bytes([2]))
+    yield "payload", with_payload(base, 0, bytes([1]) + struct.pack("<I", 10**9))
+    yield "payload", with_payload(base, 0, bytes([0]) + b"\xff" * 3)
+    yield "payload", with_payload(base, 0, bytes([0]) + b"\x00" * 4)
+    yield "payload", with_payload(base, 1, bytes([1]) + struct.pack("<I", 9) + zlib.compress(b"\0" * 10))
+    i = 0
+    while i < count:
+        kind = rng.integers(0, 5)
+        b = bytearray(base)
+        if kind == 0:  # bit flips anywhere
+            for _ in range(rng.integers(1, 4)):
+                p = int(rng.integers(0, len(b)))
+                b[p] ^= 1 << int(rng.integers(0, 8))
+            yield "bitflip", bytes(b)
+        elif kind == 1:  # random truncation
+            yield "truncate", bytes(b[: int(rng.integers(0, len(b)))])
+        elif kind == 2:  # appended garbage
+            yield "append", bytes(b) + rng.bytes(int(rng.integers(1, 200)))
+        elif kind == 3:  # payload garbage behind valid checksums
+            t = int(rng.integers(0, n))
+            flags = bytes([int(rng.integers(0, 4))])
+            yield "payload", with_payload(base, t, flags + rng.bytes(int(rng.integers(0, 400))))
+        else:  # payload bit flips behind valid checksums
+            lay2 = layout(base)
+            t = int(rng.integers(0, n))
+            o, ln, _ = struct.unpack_from("<QII", base, lay2["tstart"] + 4 + 16 * t)
+            p = bytearray(base[o : o + ln])
+            if p:
+                p[int(rng.integers(0, len(p)))] ^= 1 << int(rng.integers(0, 8))
+            yield "payload-flip", with_payload(base, t, bytes(p))
+        i += 1
+
+
+def run_fuzz(model, base: bytes, count: int, seed: int) -> collections.Counter:
+    rng = np.random.default_rng(seed)
+    outcomes: collections.Counter = collections.Counter()
+    for kind, data in mutations(base, rng, count):
+        t = time.perf_counter()
+        try:
+            out, h = sarcodec.decode_array(data, model=model)
+            assert out.shape == (h.bands, h.height, h.width)
+            outcomes[(kind, "decoded")] += 1
+        except CLEAN as e:
+            assert str(e), "an error must say what is wrong"
+            outcomes[(kind, "rejected")] += 1
+        dt = time.perf_counter() - t
+        assert dt < 10, f"{kind} took {dt:.1f} s"
+    return outcomes
+
+
+@pytest.fixture(scope="module")
+def base(model, s1_array):
+    v = s1_array[0, :150, :200].copy()
+    v[:20, :] = 0
+    return sarcodec.encode_array(v, 3, nodata=0, tile=64, model=model)
+
+
+def report(outcomes: collections.Counter) -> str:
+    total = sum(outcomes.values())
+    lines = [f"fuzz: {total} cases"] + [f"  {k[0]:>13} {k[1]:>9}: {v}" for k, v in sorted(outcomes.items())]
+    return "\n".join(lines)
+
+
+def test_fuzz_fast(model, base):
+    outcomes = run_fuzz(model, base, 1000, seed=2026)
+    print(report(outcomes))
+    assert sum(outcomes.values()) >= 1000
+    assert outcomes[("bitflip", "rejected")] > 0 and outcomes[("truncate", "rejected")] > 0
+
+
+@pytest.mark.slow
+def test_fuzz_soak(model, base):
+    outcomes = run_fuzz(model, base, 20000, seed=7)
+    print(report(outcomes))
