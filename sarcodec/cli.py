@@ -332,6 +332,7 @@ def train(
     val_every: int = typer.Option(1000),
     checkpoint_every: int = typer.Option(250),
     resume: bool = typer.Option(False, help="Continue from OUT's .ckpt."),
+    init: Optional[Path] = typer.Option(None, help="Start from an exported weights file (e.g. the shipped model)."),
     compile: bool = typer.Option(False, "--compile", help="Use torch.compile (off by default; broken on some platforms)."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu or cuda."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch default)."),
@@ -346,6 +347,7 @@ def train(
             data=[str(d) for d in data], out=str(out), val=[str(v) for v in (val or [])], val_split=val_split, steps=steps,
             max_minutes=max_minutes, batch=batch, crop=crop, lr=lr, seed=seed, val_every=val_every,
             checkpoint_every=checkpoint_every, resume=resume, compile=compile, device=device, threads=threads,
+            init=str(init) if init else "",
         )
         run(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
 

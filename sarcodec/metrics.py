@@ -132,41 +132,24 @@ def ratio_stats(ref_int: np.ndarray, rec_int: np.ndarray) -> tuple[float, float]
     return (float(r.mean()), float(r.std())) if r.size else (float("nan"), float("nan"))
 
 
-def bd_rate(r1: list[float], p1: list[float], r2: list[float], p2: list[float]) -> float:
-    """Average bitrate difference (%) of curve 2 vs curve 1 at equal PSNR (negative: 2 is better)."""
-    lr1, lr2 = np.log(np.asarray(r1, float)), np.log(np.asarray(r2, float))
-    p1a, p2a = np.asarray(p1, float), np.asarray(p2, float)
-    if len(p1a) < 4 or len(p2a) < 4:
-        deg = min(len(p1a), len(p2a)) - 1
-    else:
-        deg = 3
+def _mean_gap(x1: np.ndarray, y1: np.ndarray, x2: np.ndarray, y2: np.ndarray) -> float:
+    """Mean of (fit2 - fit1) over the overlapping x range, fits of y against x (cubic at most)."""
+    deg = min(3, len(x1) - 1, len(x2) - 1)
     if deg < 1:
         return float("nan")
-    f1 = np.polyfit(p1a, lr1, deg)
-    f2 = np.polyfit(p2a, lr2, deg)
-    lo = max(p1a.min(), p2a.min())
-    hi = min(p1a.max(), p2a.max())
+    lo, hi = max(x1.min(), x2.min()), min(x1.max(), x2.max())
     if not hi > lo:
         return float("nan")
-    i1 = np.polyval(np.polyint(f1), hi) - np.polyval(np.polyint(f1), lo)
-    i2 = np.polyval(np.polyint(f2), hi) - np.polyval(np.polyint(f2), lo)
-    avg = (i2 - i1) / (hi - lo)
-    return float((math.exp(avg) - 1.0) * 100.0)
+    i1, i2 = (np.polyint(np.polyfit(x, y, deg)) for x, y in ((x1, y1), (x2, y2)))
+    return float((np.polyval(i2, hi) - np.polyval(i2, lo) - np.polyval(i1, hi) + np.polyval(i1, lo)) / (hi - lo))
+
+
+def bd_rate(r1: list[float], p1: list[float], r2: list[float], p2: list[float]) -> float:
+    """Average bitrate difference (%) of curve 2 vs curve 1 at equal PSNR (negative: 2 is better)."""
+    avg = _mean_gap(np.asarray(p1, float), np.log(np.asarray(r1, float)), np.asarray(p2, float), np.log(np.asarray(r2, float)))
+    return float((math.exp(avg) - 1.0) * 100.0) if math.isfinite(avg) else float("nan")
 
 
 def bd_psnr(r1: list[float], p1: list[float], r2: list[float], p2: list[float]) -> float:
     """Average PSNR difference (dB) of curve 2 vs curve 1 at equal rate (positive: 2 is better)."""
-    lr1, lr2 = np.log(np.asarray(r1, float)), np.log(np.asarray(r2, float))
-    p1a, p2a = np.asarray(p1, float), np.asarray(p2, float)
-    deg = min(3, len(p1a) - 1, len(p2a) - 1)
-    if deg < 1:
-        return float("nan")
-    f1 = np.polyfit(lr1, p1a, deg)
-    f2 = np.polyfit(lr2, p2a, deg)
-    lo = max(lr1.min(), lr2.min())
-    hi = min(lr1.max(), lr2.max())
-    if not hi > lo:
-        return float("nan")
-    i1 = np.polyval(np.polyint(f1), hi) - np.polyval(np.polyint(f1), lo)
-    i2 = np.polyval(np.polyint(f2), hi) - np.polyval(np.polyint(f2), lo)
-    return float((i2 - i1) / (hi - lo))
+    return _mean_gap(np.log(np.asarray(r1, float)), np.asarray(p1, float), np.log(np.asarray(r2, float)), np.asarray(p2, float))

@@ -46,6 +46,7 @@ class TrainConfig:
     val_every: int = 1000
     checkpoint_every: int = 250
     resume: bool = False
+    init: str = ""  # exported weights file to start from (continue training across sessions)
     compile: bool = False
     device: str = "auto"
     threads: int = 0
@@ -181,7 +182,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     out = Path(cfg.out)
     ckpt_path = out.with_suffix(".ckpt")
     model_cfg = ModelConfig.from_dict(cfg.model) if cfg.model else ModelConfig()
-    model = SarCodecModel(model_cfg).to(device)
+    if cfg.init and not (cfg.resume and ckpt_path.exists()):
+        from .weights import training_model_from_weights
+
+        model = training_model_from_weights(cfg.init).to(device)
+        log(f"initialised from {cfg.init}")
+    else:
+        model = SarCodecModel(model_cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     step, skipped, best, elapsed0 = 0, 0, math.inf, 0.0
     best_state = None

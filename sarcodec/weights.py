@@ -43,6 +43,8 @@ def _model_id(blob: dict) -> str:
             h.update(t.numpy().tobytes())
     for k in ("z_pmf", "y_pmf", "y_radius"):
         h.update(blob[k].numpy().tobytes())
+    for k in sorted(blob.get("prior", {})):
+        h.update(blob["prior"][k].numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -66,6 +68,8 @@ def export(model: SarCodecModel, path: str | Path, meta: dict | None = None) -> 
         "z_pmf": torch.from_numpy(build_z_tables(model.prior, model.cfg.hyper)),
         "y_pmf": torch.from_numpy(y_pmf),
         "y_radius": torch.from_numpy(y_radius),
+        # not needed to code; lets `sarcodec train --init` continue training from this file
+        "prior": {k: t.detach().float() for k, t in model.prior.state_dict().items()},
     }
     blob["model_id"] = _model_id(blob)
     path = Path(path)
@@ -135,6 +139,35 @@ def load_checkpoint_model(ckpt: str | Path, best: bool = True) -> SarCodecModel:
     model = SarCodecModel(ModelConfig.from_dict(ck["model_config"]))
     model.load_state_dict(ck["best_model"] if best and "best_model" in ck else ck["model"])
     return model.eval()
+
+
+def training_model_from_weights(path: str | Path) -> SarCodecModel:
+    """Rebuild the float training model from an exported file (to continue training from it).
+
+    Float parts come from their float16 copies, the hyper-synthesis from its exact fixed-point
+    weights (the training model's fake-quantised values), the prior from its stored parameters.
+    """
+    from .model import MEAN_GAIN, SIDX_GAIN, W_FRAC_BITS, A_FRAC_BITS
+
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if blob.get("format") != FORMAT or "prior" not in blob:
+        raise WeightsError(f"{path} cannot seed training (not a sarcodec weights file with training parameters)")
+    cfg = ModelConfig.from_dict(blob["config"])
+    model = SarCodecModel(cfg)
+    for part in FLOAT_PARTS:
+        getattr(model, part).load_state_dict({k[len(part) + 1 :]: v.float() for k, v in blob["float"].items() if k.startswith(part + ".")})
+    ihs = IntHyperSynthesis.from_state(blob["int"], cfg.latent)
+    n = len(ihs.layers)
+    with torch.no_grad():
+        for i, (conv, layer) in enumerate(zip(model.h_s.convs, ihs.layers)):
+            w, b = layer.weight.astype(np.float64), layer.bias.astype(np.float64)
+            if i == n - 1:
+                g = np.array([MEAN_GAIN] * cfg.latent + [SIDX_GAIN] * cfg.latent, dtype=np.float64)
+                w, b = w / g[:, None, None, None], b / g
+            conv.weight.copy_(torch.from_numpy(w / 2**W_FRAC_BITS))
+            conv.bias.copy_(torch.from_numpy(b / 2 ** (W_FRAC_BITS + A_FRAC_BITS)))
+    model.prior.load_state_dict(blob["prior"])
+    return model
 
 
 def param_count(model: CodecModel) -> int:

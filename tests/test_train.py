@@ -41,3 +41,17 @@ def test_tiny_training_run_exports_and_resumes(tmp_path, monkeypatch):
     cfg.steps, cfg.resume = 6, True
     summary = train(cfg, log=lambda m: None)
     assert summary["steps"] == 6
+
+
+def test_training_can_start_from_exported_weights(tmp_path):
+    from sarcodec.model import ModelConfig, SarCodecModel
+    from sarcodec.weights import export, training_model_from_weights
+
+    cfg = ModelConfig(latent=16, hyper=8, hyper_hidden=8, c4=8, c8=8, c16=16)
+    torch.manual_seed(3)
+    m = SarCodecModel(cfg)
+    for p in m.parameters():
+        p.data.add_(torch.randn_like(p) * 0.01)
+    a = export(m, tmp_path / "a.pt")
+    b = export(training_model_from_weights(tmp_path / "a.pt"), tmp_path / "b.pt")
+    assert a == b  # the exported file is a faithful seed for further training
