@@ -199,10 +199,13 @@ def run_band_codec(img: Image, repr_fn, enc_fn, dec_fn, bits_per_band: list[floa
 
 
 def lossless_geotiff(v: np.ndarray, compress: str) -> int:
+    import warnings
+
     from rasterio.io import MemoryFile
 
     pred = 3 if v.dtype.kind == "f" else 2
-    with MemoryFile() as mf:
+    with warnings.catch_warnings(), MemoryFile() as mf:
+        warnings.simplefilter("ignore")
         with mf.open(driver="GTiff", width=v.shape[2], height=v.shape[1], count=v.shape[0], dtype=v.dtype.name,
                      compress=compress, predictor=pred, tiled=v.shape[1] >= 256 and v.shape[2] >= 256) as ds:
             ds.write(v)
@@ -262,8 +265,14 @@ def bench_image(img: Image, codecs: list[str], qualities: list[int], model, done
                 img, lambda v, m: native_repr(v), j2k_encode, imagecodecs.jpeg2k_decode, bits))))
         log_repr = lambda v, m: (to_u16_domain(v, m), lambda c, m=m, dt=v.dtype: from_u16_domain(c, m, dt))  # noqa: E731
         if "jpeg2000-log" in codecs:
-            guarded("jpeg2000-log", f"q{q}", lambda bits=bits, q=q: row("jpeg2000-log", f"q{q}", *_sum(run_band_codec(
-                img, log_repr if img.values.dtype != np.uint8 else lambda v, m: native_repr(v), j2k_encode, imagecodecs.jpeg2k_decode, bits))))
+            if img.values.dtype == np.uint8 and "jpeg2000" in codecs:
+                # uint8 is coded in the identity domain: jpeg2000-log is jpeg2000 on the same values
+                key = (img.dataset, img.name, "jpeg2000", f"q{q}")
+                if key in done and not done[key].get("error"):
+                    guarded("jpeg2000-log", f"q{q}", lambda key=key: emit(dict(done[key], codec="jpeg2000-log", note="identity domain: same as jpeg2000")))
+            else:
+                guarded("jpeg2000-log", f"q{q}", lambda bits=bits, q=q: row("jpeg2000-log", f"q{q}", *_sum(run_band_codec(
+                    img, log_repr if img.values.dtype != np.uint8 else lambda v, m: native_repr(v), j2k_encode, imagecodecs.jpeg2k_decode, bits))))
         if "jpegxl" in codecs:
             guarded("jpegxl", f"q{q}", lambda bits=bits, q=q: row("jpegxl", f"q{q}", *_sum(run_band_codec(
                 img, log_repr if img.values.dtype != np.uint8 else lambda v, m: native_repr(v), jxl_encode, imagecodecs.jpegxl_decode, bits))))

@@ -333,6 +333,7 @@ def train(
     checkpoint_every: int = typer.Option(250),
     resume: bool = typer.Option(False, help="Continue from OUT's .ckpt."),
     init: Optional[Path] = typer.Option(None, help="Start from an exported weights file (e.g. the shipped model)."),
+    lambdas: Optional[str] = typer.Option(None, help="Comma-separated rate-distortion lambdas, one per quality (overrides the model's)."),
     compile: bool = typer.Option(False, "--compile", help="Use torch.compile (off by default; broken on some platforms)."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu or cuda."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch default)."),
@@ -348,6 +349,7 @@ def train(
             max_minutes=max_minutes, batch=batch, crop=crop, lr=lr, seed=seed, val_every=val_every,
             checkpoint_every=checkpoint_every, resume=resume, compile=compile, device=device, threads=threads,
             init=str(init) if init else "",
+            lambdas=[float(v) for v in lambdas.split(",")] if lambdas else [],
         )
         run(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
 

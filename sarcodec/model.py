@@ -50,7 +50,7 @@ class ModelConfig:
     c16: int = 160  # channels at 1/16 resolution
     qualities: int = 8
     lambdas: list[float] = field(
-        default_factory=lambda: [0.0015, 0.00248, 0.0041, 0.0068, 0.0112, 0.0185, 0.0305, 0.05]
+        default_factory=lambda: [0.0003, 0.00064, 0.00136, 0.0029, 0.0062, 0.0132, 0.028, 0.06]
     )
 
     def to_dict(self) -> dict:

@@ -47,6 +47,7 @@ class TrainConfig:
     checkpoint_every: int = 250
     resume: bool = False
     init: str = ""  # exported weights file to start from (continue training across sessions)
+    lambdas: list[float] = field(default_factory=list)  # override the model's rate-distortion ladder
     compile: bool = False
     device: str = "auto"
     threads: int = 0
@@ -204,6 +205,16 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         best_state = ck.get("best_model")
         history = list(ck.get("history", []))
         log(f"resumed from {ckpt_path} at step {step}")
+    if cfg.lambdas:
+        if len(cfg.lambdas) != model.cfg.qualities:
+            raise ValueError(f"--lambdas needs {model.cfg.qualities} values")
+        if [float(v) for v in cfg.lambdas] != model.cfg.lambdas:
+            model.cfg.lambdas = [float(v) for v in cfg.lambdas]
+            best, best_state = math.inf, None  # losses under another ladder are not comparable
+        log(f"lambda ladder: {model.cfg.lambdas}")
+    if step:
+        rng = np.random.default_rng([cfg.seed, step])  # a resumed run draws new crops
+        torch.manual_seed(cfg.seed * 1_000_003 + step)
     fwd = torch.compile(model) if cfg.compile else model
     lambdas = torch.tensor(model.cfg.lambdas, device=device)
     use_amp = device.type == "cuda"
