@@ -398,12 +398,12 @@ def _report(src: Path, dst: Path, h: Header, nbytes: int, t0: float, npix: int |
 def encode_file(src: str | Path, dst: str | Path, quality: int = 4, *, force: bool = False, domain: str = "auto",
                 tile: int = 1024, model: CodecModel | None = None, progress: Progress | None = None) -> Report:
     """Compress a raster file to a ``.sarc`` file (atomically)."""
-    from .io import atomic_output, open_raster, raster_metadata
+    from .io import atomic_output, gdal_env, open_raster, raster_metadata
 
     t0 = time.perf_counter()
     src, dst = Path(src), Path(dst)
     model = model or load_weights()
-    with open_raster(src) as ds:
+    with gdal_env(), open_raster(src) as ds:
         meta = raster_metadata(ds)
         with atomic_output(dst, force, src) as tmp, open(tmp, "w+b") as f:
             header = encode_source(RasterSource(ds), meta, f, quality=quality, domain=domain, tile=tile, model=model, progress=progress)
@@ -426,12 +426,12 @@ def open_sarc(src: Path):
 def decode_file(src: str | Path, dst: str | Path, *, force: bool = False, window: tuple[int, int, int, int] | None = None,
                 model: CodecModel | None = None, progress: Progress | None = None) -> Report:
     """Decompress a ``.sarc`` file to a GeoTIFF (atomically); ``window`` = (col, row, width, height)."""
-    from .io import atomic_output, create_geotiff, window_metadata, write_window
+    from .io import atomic_output, create_geotiff, gdal_env, window_metadata, write_window
 
     t0 = time.perf_counter()
     src, dst = Path(src), Path(dst)
     f, reader = open_sarc(src)
-    with f:
+    with f, gdal_env():
         h = reader.header
         if window:
             check_window(window, h)

@@ -29,6 +29,14 @@ def _rasterio():
     return rasterio
 
 
+GDAL_CACHE_MB = 256  # bounds GDAL's block cache (default: 5% of RAM) so memory follows the tile size
+
+
+def gdal_env():
+    """rasterio environment for streaming work: a bounded block cache."""
+    return _rasterio().Env(GDAL_CACHEMAX=GDAL_CACHE_MB)
+
+
 def check_input_path(path: Path) -> None:
     if not path.exists():
         raise InputError(f"{path}: no such file")

@@ -207,3 +207,20 @@ def test_unsupported_input_arrays(model):
     bad[2, 2] = np.inf
     with pytest.raises(InputError, match="Inf"):
         sarcodec.encode_array(bad, model=model)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 300)])
+def test_odd_sizes_through_files(shape, tmp_path, s1_file, model):
+    h, w = shape
+    with rasterio.open(s1_file) as ds:
+        prof = ds.profile
+        v = ds.read(window=rasterio.windows.Window(5, 9, w, h))
+        prof.update(width=w, height=h, transform=ds.window_transform(rasterio.windows.Window(5, 9, w, h)))
+    prof.pop("blockxsize", None), prof.pop("blockysize", None)
+    prof["tiled"] = False
+    src = tmp_path / "odd.tif"
+    with rasterio.open(src, "w", **prof) as ds:
+        ds.write(v)
+    e, a, b, va, vb = roundtrip_file(src, tmp_path, 8, model=model)
+    assert_same_metadata(a, b)
+    assert vb.shape == va.shape
