@@ -8,8 +8,9 @@ Byte layout (all integers little-endian)::
     5           1      minor format version (0); additive changes only
     6           2      reserved, 0
     8           4      L = header length in bytes (u32, at most 16 MiB)
-    12          4      CRC-32 of the header bytes
-    16          L      header: UTF-8 JSON object, fields in ``Header`` below
+    12          4      CRC-32 of the L header bytes
+    16          L      header: zlib stream of a UTF-8 JSON object (at most 16 MiB inflated),
+                       fields in ``Header`` below
     16+L        4      N = number of tile records (u32) = bands * tiles_y * tiles_x
     20+L        16*N   tile table, one record per band-tile in order (band, tile row, tile col):
                          u64 offset of the payload from the start of the file
@@ -28,7 +29,8 @@ Tile payload (one band, one tile of ``tile`` x ``tile`` pixels, smaller at the r
              ``sarcodec.entropy``); z has shape (hyper channels, ceil(ceil(th/16)/4), ceil(ceil(tw/16)/4))
 
 Header JSON fields: see ``Header``.  Floats are written with Python's shortest round-trip repr,
-so the preprocessing parameters are bit-exact; NaN nodata is written as the string "nan".
+so the preprocessing parameters are bit-exact; NaN nodata is written as the string "nan"; CRSs
+are "EPSG:n" when that code reproduces them exactly, WKT otherwise.
 """
 from __future__ import annotations
 
@@ -92,14 +94,22 @@ class Header:
     def tile_index(self, band: int, ty: int, tx: int) -> int:
         return (band * self.tiles_y + ty) * self.tiles_x + tx
 
-    def to_json(self) -> bytes:
+    def to_bytes(self) -> bytes:
+        """The header as stored: zlib-compressed JSON."""
         d = asdict(self)
         if d["nodata"] is not None and math.isnan(d["nodata"]):
             d["nodata"] = "nan"
-        return json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+        return zlib.compress(json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False).encode(), 9)
 
     @classmethod
-    def from_json(cls, raw: bytes) -> "Header":
+    def from_bytes(cls, stored: bytes) -> "Header":
+        inflater = zlib.decompressobj()
+        try:
+            raw = inflater.decompress(stored, MAX_HEADER + 1)
+        except zlib.error:
+            raise FormatError("header is not a valid zlib stream") from None
+        if len(raw) > MAX_HEADER or not inflater.eof:
+            raise FormatError("header is truncated or inflates beyond 16 MiB")
         try:
             d = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
@@ -156,7 +166,7 @@ class TileEntry:
 
 def pack(header: Header, payloads: list[bytes]) -> bytes:
     """Serialise a whole file (in-memory variant of ``Writer``)."""
-    hj = header.to_json()
+    hj = header.to_bytes()
     start = 16 + len(hj) + 4 + 16 * len(payloads) + 4
     entries, off = [], start
     for p in payloads:
@@ -197,7 +207,7 @@ class Reader:
         hj = self._read(16, hlen, "header")
         if zlib.crc32(hj) != hcrc:
             raise FormatError("header checksum mismatch (file corrupt)")
-        self.header = Header.from_json(hj)
+        self.header = Header.from_bytes(hj)
         n_expected = self.header.n_tiles
         tstart = 16 + hlen
         n_raw = self._read(tstart, 4, "tile table")
@@ -245,7 +255,7 @@ class Writer:
     def __init__(self, f, header: Header) -> None:
         self.f = f
         self.header = header
-        hj = header.to_json()
+        hj = header.to_bytes()
         f.write(prelude(hj))
         self.table_at = f.tell()
         self.entries: list[TileEntry | None] = [None] * header.n_tiles

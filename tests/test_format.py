@@ -24,7 +24,7 @@ def test_header_json_roundtrip_exact_floats():
     h = Header(width=3, height=2, bands=1, dtype="float32", tile=64, quality=2, model_id="0123456789abcdef", model_name="m",
                mappings=[{"domain": "log", "lo": -23.123456789012345, "hi": 0.1 + 0.2, "factor": 10.0, "floor": 1e-7}],
                nodata=float("nan"))
-    h2 = Header.from_json(h.to_json())
+    h2 = Header.from_bytes(h.to_bytes())
     assert h2.mappings == h.mappings and np.isnan(h2.nodata)
 
 
@@ -116,9 +116,9 @@ def test_reader_rejects_truncation_at_every_boundary(model, s1_array):
 def test_header_with_forged_checksum_is_validated(model, s1_array):
     data = small_file(model, s1_array)
     (hlen,) = struct.unpack_from("<I", data, 8)
-    h = Header.from_json(data[16 : 16 + hlen])
+    h = Header.from_bytes(data[16 : 16 + hlen])
     h.width = 10**9  # declared size out of range, with a valid checksum
-    hj = h.to_json()
+    hj = h.to_bytes()
     forged = bitstream.prelude(hj) + data[16 + hlen :]
     with pytest.raises(FormatError, match="width"):
         sarcodec.decode_array(forged, model=model)

@@ -33,9 +33,9 @@ def layout(data: bytes) -> dict:
 def with_header(data: bytes, edit) -> bytes:
     """Rewrite the JSON header (valid CRC) and shift the tile offsets accordingly."""
     lay = layout(data)
-    h = json.loads(data[16 : 16 + lay["hlen"]])
+    h = json.loads(zlib.decompress(data[16 : 16 + lay["hlen"]]))
     edit(h)
-    hj = json.dumps(h).encode()
+    hj = zlib.compress(json.dumps(h).encode())
     shift = len(hj) - lay["hlen"]
     entries = [struct.unpack_from("<QII", data, lay["tstart"] + 4 + 16 * i) for i in range(lay["n"])]
     entries = [bitstream.TileEntry(o + shift, ln, c) for o, ln, c in entries]
@@ -59,7 +59,7 @@ def with_payload(data: bytes, index: int, new: bytes) -> bytes:
         o, ln, _ = struct.unpack_from("<QII", data, lay["tstart"] + 4 + 16 * i)
         payloads.append(data[o : o + ln])
     payloads[index] = new
-    h = bitstream.Header.from_json(data[16 : 16 + lay["hlen"]])
+    h = bitstream.Header.from_bytes(data[16 : 16 + lay["hlen"]])
     return bitstream.pack(h, payloads)
 
 
@@ -82,6 +82,9 @@ def mutations(base: bytes, rng: np.random.Generator, count: int):
         for d in (-1, 0, 1):
             if 0 <= b + d < len(base):
                 yield "truncate", base[: b + d]
+    yield "header", bitstream.prelude(zlib.compress(b"[1, 2")) + base[16 + lay["hlen"] :]
+    yield "header", bitstream.prelude(b"not zlib at all") + base[16 + lay["hlen"] :]
+    yield "header", bitstream.prelude(zlib.compress(b" " * (17 * 2**20))) + base[16 + lay["hlen"] :]  # inflation bomb
     for edit in HEADER_EDITS:
         try:
             yield "header", with_header(base, edit)
