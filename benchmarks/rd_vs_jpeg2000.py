@@ -25,7 +25,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
-    ap.add_argument("--limit", type=int, default=0, help="at most N images per dataset (0: all)")
+    ap.add_argument("--limit", type=int, default=0,
+                    help="at most N Sentinel-1 images, and N float images per source family (whu, opensarship, ...); 0: all")
     ap.add_argument("--qualities", default="1-8")
     ap.add_argument("--codecs", default="sarcodec,jpeg2000,jpeg2000-log,jpegxl,lossless")
     args = ap.parse_args()
@@ -35,11 +36,21 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="sarcodec-rd-"))
     flt = tmp / "float"
     flt.mkdir()
+    per_family: dict[str, int] = {}
     for f in sorted((EVAL / "float").glob("*.tif")):
-        if "slc" not in f.name:
-            (flt / f.name).symlink_to(f)
+        family = f.name.split("-")[0]
+        if "slc" in f.name or (args.limit and per_family.get(family, 0) >= args.limit):
+            continue
+        per_family[family] = per_family.get(family, 0) + 1
+        (flt / f.name).symlink_to(f)
+    s1 = EVAL / "s1-vh-8bit"
+    if args.limit:
+        s1 = tmp / "s1-vh-8bit"
+        s1.mkdir()
+        for f in sorted((EVAL / "s1-vh-8bit").glob("*.tif"))[: args.limit]:
+            (s1 / f.name).symlink_to(f)
     try:
-        res = run([EVAL / "s1-vh-8bit", flt], args.out, args.codecs.split(","), qs, limit=args.limit)
+        res = run([s1, flt], args.out, args.codecs.split(","), qs)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print((args.out / "report.md").read_text())
