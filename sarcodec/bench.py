@@ -409,8 +409,10 @@ def run(paths: list[Path], out: Path, codecs: list[str], qualities: list[int], m
             bench_image(img, codecs, qualities, model, done, emit)
             save()
             prog.advance(task)
-    save()
     summary = summarize(rows)
+    tmp = res_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"model": model.name, "model_id": model.model_id, "rows": rows, "summary": summary}, indent=1))
+    tmp.replace(res_path)
     write_outputs(out, rows, summary, paths, model)
     return {"rows": rows, "summary": summary}
 
@@ -512,6 +514,12 @@ def report_md(rows: list[dict], summary: dict, curves: dict, model) -> str:
         l, j = by.get((ds, codec, "jpeg2000-log")), by.get((ds, codec, "jpeg2000"))
         lines.append(f"| {ds} | {codec} | {_fmt(l['bd_rate'], 1) + ' %' if l else 'n/a'} | {_fmt(j['bd_rate'], 1) + ' %' if j else 'n/a'} | "
                      f"{_fmt(l['bd_psnr']) + ' dB' if l else 'n/a'} | {(l or j)['images']} |")
+    lines += ["\n## BD-rate per image (PSNR range of the overlap used for the fit)\n",
+              "| dataset | image | codec | anchor | BD-rate | BD-PSNR | PSNR range |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(summary["per_image"], key=lambda r: (r["dataset"], r["image"], r["anchor"], r["codec"])):
+        lo, hi = r["psnr_range"]
+        lines.append(f"| {r['dataset']} | {r['image']} | {r['codec']} | {r['anchor']} | {_fmt(r['bd_rate'], 1)} % | "
+                     f"{_fmt(r['bd_psnr'])} dB | {lo:.2f}-{hi:.2f} dB |")
     lines += ["\n## Rate-distortion (means over images)\n", "![RD curves](rd.png)\n"]
     for ds, cs in sorted(curves.items()):
         metric = "PSNR (8-bit)" if next(iter(cs.values()))[0]["metric"] == "psnr" else "PSNR (dB image)"
