@@ -171,11 +171,6 @@ class Synthesis(nn.Module):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return self.lapped(y) + self.net(y)
 
-    @property
-    def halo(self) -> int:
-        """Receptive-field radius in latent pixels (rounded up): context a tile needs."""
-        return 3
-
 
 class HyperAnalysis(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
