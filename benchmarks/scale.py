@@ -7,7 +7,7 @@
    nodata (0) border on the left and a slanted one at the top, as in real GRD scenes. Written
    window by window; nothing is committed.
 2. Runs ``sarcodec encode`` and ``sarcodec decode`` as separate processes and reports wall time
-   and peak RSS (os.wait4 of that process).
+   and peak RSS (the process's VmHWM).
 3. Seams: PSNR of the dB image in 8-pixel bands centred on every tile border vs the interior.
 4. Nodata: decoded nodata pixels must equal the input's exactly; bytes spent on all-nodata tiles.
 5. Speed: the CLI (whole process, wall time) on a speed-size^2 real-derived image vs OpenJPEG
@@ -76,15 +76,28 @@ def build_mosaic(path: Path, size: int, with_nodata: bool = True) -> None:
 
 
 def run_measured(args: list[str]) -> tuple[float, float, str]:
-    """Run a command; return (wall seconds, peak RSS MiB, stderr)."""
+    """Run a command; return (wall seconds, peak RSS MiB, stderr).
+
+    Peak RSS is the child's own VmHWM, polled from /proc (getrusage of a forked child would also
+    count the parent's pages at fork time).
+    """
     t = time.perf_counter()
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, ru = os.wait4(p.pid, 0)
+    peak = 0.0
+    status = Path(f"/proc/{p.pid}/status")
+    while p.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024.0)
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
     wall = time.perf_counter() - t
     err = p.stderr.read() if p.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
+    if p.returncode != 0:
         sys.exit(f"command failed: {' '.join(args)}\n{err}")
-    return wall, ru.ru_maxrss / 1024.0, err.strip()
+    return wall, peak, err.strip()
 
 
 def cli(*a: object) -> list[str]:
