@@ -175,6 +175,15 @@ class IntHyperSynthesis:
         return mean_int.numpy(), sidx.numpy()
 
 
+def coding_order(flat_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order in which y symbols are coded: grouped by scale index 0..63, raster order inside a group.
+
+    Returns (permutation of the flat positions, group boundaries: group k is order[b[k]:b[k+1]]).
+    """
+    order = np.argsort(flat_s, kind="stable")
+    return order, np.searchsorted(flat_s[order], np.arange(NUM_SCALES + 1))
+
+
 class EntropyCoder:
     """Codes one tile's (z, y) with the fixed tables and the integer hyper-synthesis."""
 
@@ -210,17 +219,14 @@ class EntropyCoder:
         low = sym < -radius
         high = sym > radius
         idx = np.where(low, 0, np.where(high, 2 * radius + 2, sym + radius + 1))
-        flat_s = sidx.ravel()
-        flat_i = idx.ravel()
+        order, bounds = coding_order(sidx.ravel())
+        coded = idx.ravel()[order]
         for k in range(NUM_SCALES):
-            sel = flat_i[flat_s == k]
-            if sel.size:
-                enc.encode(sel.astype(np.int32), self.y_models[k])
-        # escape magnitudes, in the order the decoder finds them: by group, raster order inside
-        is_esc = (low | high).ravel()
-        mags = np.where(low, -radius - 1 - sym, sym - radius - 1).ravel()
-        order = [mags[(flat_s == k) & is_esc] for k in range(NUM_SCALES)]
-        escapes = np.concatenate(order)
+            if bounds[k + 1] > bounds[k]:
+                enc.encode(coded[bounds[k] : bounds[k + 1]].astype(np.int32), self.y_models[k])
+        # escape magnitudes, in the order the decoder finds them (the coding order)
+        is_esc = (low | high).ravel()[order]
+        escapes = np.where(low, -radius - 1 - sym, sym - radius - 1).ravel()[order][is_esc]
         if escapes.size:
             enc.encode(escapes.astype(np.int32), self.escape_model)
         y_hat = (sym + mean).astype(np.float32)
@@ -258,12 +264,13 @@ class EntropyCoder:
         mean_int, sidx = self.hs(z_sym)
         mean_int, sidx = mean_int[:, : y_hw[0], : y_hw[1]], sidx[:, : y_hw[0], : y_hw[1]]
         flat_s = sidx.ravel()
-        flat_i = np.zeros(flat_s.size, dtype=np.int64)
+        order, bounds = coding_order(flat_s)
+        coded = np.zeros(flat_s.size, dtype=np.int64)
         for k in range(NUM_SCALES):
-            sel = flat_s == k
-            n = int(sel.sum())
-            if n:
-                flat_i[sel] = dec.decode(self.y_models[k], n)
+            if bounds[k + 1] > bounds[k]:
+                coded[bounds[k] : bounds[k + 1]] = dec.decode(self.y_models[k], int(bounds[k + 1] - bounds[k]))
+        flat_i = np.empty_like(coded)
+        flat_i[order] = coded
         radius = self.y_radius[flat_s]
         sym = flat_i - radius - 1
         low = flat_i == 0
@@ -272,7 +279,7 @@ class EntropyCoder:
         if n_esc:
             mags = np.zeros(flat_s.size, dtype=np.int64)
             vals = dec.decode(self.escape_model, n_esc).astype(np.int64)
-            pos = np.concatenate([np.flatnonzero((flat_s == k) & (low | high)) for k in range(NUM_SCALES)])
+            pos = order[(low | high)[order]]
             mags[pos] = vals
             sym = np.where(low, -radius - 1 - mags, np.where(high, radius + 1 + mags, sym))
         mean = mean_int.astype(np.float64) / 2**A_FRAC_BITS
