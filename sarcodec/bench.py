@@ -130,6 +130,13 @@ def from_u16_domain(c: np.ndarray, m: BandMapping, dtype: np.dtype) -> np.ndarra
     return to_dtype(m.inverse(c.astype(np.float64) / 65535.0), dtype)
 
 
+def coded_repr(v: np.ndarray, m: BandMapping) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """What sarcodec codes, for the other codecs: uint8 as is, otherwise its normalised domain as uint16."""
+    if v.dtype == np.uint8:
+        return native_repr(v)
+    return to_u16_domain(v, m), lambda c: from_u16_domain(c, m, v.dtype)
+
+
 def native_repr(v: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """Representation JPEG 2000 can code natively, and the way back."""
     if v.dtype in (np.uint8, np.uint16, np.int16):
@@ -263,7 +270,6 @@ def bench_image(img: Image, codecs: list[str], qualities: list[int], model, done
         if "jpeg2000" in codecs:
             guarded("jpeg2000", f"q{q}", lambda bits=bits, q=q: row("jpeg2000", f"q{q}", *_sum(run_band_codec(
                 img, lambda v, m: native_repr(v), j2k_encode, imagecodecs.jpeg2k_decode, bits))))
-        log_repr = lambda v, m: (to_u16_domain(v, m), lambda c, m=m, dt=v.dtype: from_u16_domain(c, m, dt))  # noqa: E731
         if "jpeg2000-log" in codecs:
             if img.values.dtype == np.uint8 and "jpeg2000" in codecs:
                 # uint8 is coded in the identity domain: jpeg2000-log is jpeg2000 on the same values
@@ -272,10 +278,10 @@ def bench_image(img: Image, codecs: list[str], qualities: list[int], model, done
                     guarded("jpeg2000-log", f"q{q}", lambda key=key: emit(dict(done[key], codec="jpeg2000-log", note="identity domain: same as jpeg2000")))
             else:
                 guarded("jpeg2000-log", f"q{q}", lambda bits=bits, q=q: row("jpeg2000-log", f"q{q}", *_sum(run_band_codec(
-                    img, log_repr if img.values.dtype != np.uint8 else lambda v, m: native_repr(v), j2k_encode, imagecodecs.jpeg2k_decode, bits))))
+                    img, coded_repr, j2k_encode, imagecodecs.jpeg2k_decode, bits))))
         if "jpegxl" in codecs:
             guarded("jpegxl", f"q{q}", lambda bits=bits, q=q: row("jpegxl", f"q{q}", *_sum(run_band_codec(
-                img, log_repr if img.values.dtype != np.uint8 else lambda v, m: native_repr(v), jxl_encode, imagecodecs.jpegxl_decode, bits))))
+                img, coded_repr, jxl_encode, imagecodecs.jpegxl_decode, bits))))
     if "lossless" in codecs:
         for comp in ("deflate", "zstd"):
             guarded("lossless", comp, lambda comp=comp: row("lossless", comp, lossless_geotiff(img.values, comp), None, 0.0, 0.0))
@@ -482,9 +488,8 @@ def plot_crops(rows: list[dict], paths: list[Path], path: Path, model) -> None:
         data = encode_array(sub.values, 3, nodata=sub.nodata, model=model)
         bits = [8.0 * len(data)]
         rec_s, _ = decode_array(data, model=model)
-        rep = (lambda vv, m: native_repr(vv)) if v.dtype == np.uint8 else (lambda vv, m: (to_u16_domain(vv, m), lambda c, m=m, dt=vv.dtype: from_u16_domain(c, m, dt)))
-        _, rec_j, _, _ = run_band_codec(sub, rep, j2k_encode, imagecodecs.jpeg2k_decode, bits)
-        _, rec_x, _, _ = run_band_codec(sub, rep, jxl_encode, imagecodecs.jpegxl_decode, bits)
+        _, rec_j, _, _ = run_band_codec(sub, coded_repr, j2k_encode, imagecodecs.jpeg2k_decode, bits)
+        _, rec_x, _, _ = run_band_codec(sub, coded_repr, jxl_encode, imagecodecs.jpegxl_decode, bits)
         m = sub.mappings[0]
         ref_db = db_image(sub.values[0], m, v.dtype)
         ok = np.isfinite(ref_db)
