@@ -1,6 +1,6 @@
 """Rate-distortion of the shipped model against JPEG 2000 and JPEG XL on the evaluation data.
 
-    python benchmarks/rd_vs_jpeg2000.py [--out bench-out] [--limit N] [--qualities 1-8]
+    python benchmarks/rd_vs_jpeg2000.py [--out bench-out] [--limit N] [--qualities 1-8] [--preset default|fast]
 
 Runs ``sarcodec bench`` on ``../shared/data/eval/s1-vh-8bit`` (PSNR on the 8-bit values) and on the
 full-range files of ``../shared/data/eval/float`` (PSNR of the dB image; complex SLC files are left
@@ -22,6 +22,7 @@ EVAL = ROOT.parent / "shared" / "data" / "eval"
 
 def main() -> None:
     from sarcodec.bench import run
+    from sarcodec.weights import load
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
@@ -29,6 +30,8 @@ def main() -> None:
                     help="at most N Sentinel-1 images, and N float images per source family (whu, opensarship, ...); 0: all")
     ap.add_argument("--qualities", default="1-8")
     ap.add_argument("--codecs", default="sarcodec,jpeg2000,jpeg2000-log,jpegxl,lossless")
+    ap.add_argument("--preset", default="default", help="shipped model to measure: default or fast")
+    ap.add_argument("--weights", type=Path, default=None, help="weights file to measure instead of a preset")
     args = ap.parse_args()
     a, _, b = args.qualities.partition("-")
     qs = list(range(int(a), int(b or a) + 1)) if "," not in args.qualities else [int(x) for x in args.qualities.split(",")]
@@ -50,7 +53,7 @@ def main() -> None:
         for f in sorted((EVAL / "s1-vh-8bit").glob("*.tif"))[: args.limit]:
             (s1 / f.name).symlink_to(f)
     try:
-        res = run([s1, flt], args.out, args.codecs.split(","), qs)
+        res = run([s1, flt], args.out, args.codecs.split(","), qs, load(args.weights, args.preset))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print((args.out / "report.md").read_text())

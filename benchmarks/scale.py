@@ -1,6 +1,6 @@
 """Large-scene benchmark: peak memory, seams, nodata and speed of the sarcodec CLI.
 
-    python benchmarks/scale.py [--size 16384] [--speed-size 4096] [--quality 4] [--workdir DIR]
+    python benchmarks/scale.py [--size 16384] [--speed-size 4096] [--quality 4] [--workdir DIR] [--presets default,fast]
 
 1. Builds a size x size uint16 GeoTIFF (Sentinel-1 GRD-like amplitude) from the real 8-bit eval
    fragments: each 1024 x 1024 block is one fragment rescaled to 16-bit amplitude, with a wide
@@ -10,8 +10,9 @@
    and peak RSS (the process's VmHWM).
 3. Seams: PSNR of the dB image in 8-pixel bands centred on every tile border vs the interior.
 4. Nodata: decoded nodata pixels must equal the input's exactly; bytes spent on all-nodata tiles.
-5. Speed: the CLI (whole process, wall time) on a speed-size^2 real-derived image vs OpenJPEG
-   (imagecodecs, 2 threads) at the same bpp.
+5. Speed: the CLI (whole process, wall time) of each preset on a speed-size^2 real-derived image vs
+   OpenJPEG (imagecodecs, 2 threads) at the same bpp, timed in-process (array in memory) and as a
+   whole process like the CLI (Python start, GeoTIFF read or write included).
 """
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def run_measured(args: list[str]) -> tuple[float, float, str]:
                     peak = max(peak, int(line.split()[1]) / 1024.0)
         except (OSError, ValueError):
             pass
-        time.sleep(0.05)
+        time.sleep(0.01)
     wall = time.perf_counter() - t
     err = p.stderr.read() if p.stderr else ""
     if p.returncode != 0:
@@ -157,74 +158,112 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=1024)
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--skip-large", action="store_true", help="only the speed comparison")
+    ap.add_argument("--skip-speed", action="store_true", help="only the large-mosaic measurements")
+    ap.add_argument("--presets", default="default,fast", help="sarcodec presets to time (comma-separated)")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="sarcodec-scale-"))
     work.mkdir(parents=True, exist_ok=True)
-    rows = []
     if not args.skip_large:
         src = work / f"mosaic-{args.size}.tif"
         t = time.perf_counter()
         if not src.exists():
             build_mosaic(src, args.size)
         print(f"mosaic {args.size}x{args.size} uint16 built in {time.perf_counter() - t:.0f} s: {src}", flush=True)
-        sarc, dec = work / "mosaic.sarc", work / "mosaic-dec.tif"
-        we, me, _ = run_measured(cli("encode", src, sarc, "--quality", args.quality, "--tile", args.tile, "--force"))
-        wd, md, _ = run_measured(cli("decode", sarc, dec, "--force"))
         mpix = args.size * args.size / 1e6
-        bpp = 8 * sarc.stat().st_size / (args.size * args.size)
-        pb, pi = seam_psnr(src, dec, args.tile)
-        n_empty, b_empty = empty_tile_bytes(sarc)
-        rows += [
-            ("mosaic", f"{args.size} x {args.size} uint16, q{args.quality}, tile {args.tile}"),
-            ("file size", f"{sarc.stat().st_size:,} bytes, {bpp:.3f} bpp"),
-            ("encode", f"{we:.1f} s, {mpix / we:.2f} MPix/s, peak RSS {me:.0f} MiB"),
-            ("decode", f"{wd:.1f} s, {mpix / wd:.2f} MPix/s, peak RSS {md:.0f} MiB"),
-            ("seams (PSNR dB image)", f"8-px tile-border bands {pb:.2f} dB vs interior {pi:.2f} dB (diff {pb - pi:+.2f})"),
-            ("nodata exact", str(nodata_check(src, dec))),
-            ("all-nodata tiles", f"{n_empty} tiles, {b_empty} bytes in all"),
-        ]
-        for k, v in rows:
-            print(f"{k:>24}: {v}", flush=True)
-    # speed: whole-process CLI vs OpenJPEG (2 threads) at the same bpp
-    import imagecodecs
-
-    from sarcodec.bench import _secant
-
+        for preset in args.presets.split(","):
+            sarc, dec = work / f"mosaic-{preset}.sarc", work / f"mosaic-{preset}-dec.tif"
+            we, me, _ = run_measured(cli("encode", src, sarc, "--quality", args.quality, "--tile", args.tile, "--preset", preset, "--force"))
+            wd, md, _ = run_measured(cli("decode", sarc, dec, "--force"))
+            bpp = 8 * sarc.stat().st_size / (args.size * args.size)
+            pb, pi = seam_psnr(src, dec, args.tile)
+            n_empty, b_empty = empty_tile_bytes(sarc)
+            rows = [
+                ("mosaic", f"{args.size} x {args.size} uint16, q{args.quality}, tile {args.tile}, preset {preset}"),
+                ("file size", f"{sarc.stat().st_size:,} bytes, {bpp:.3f} bpp"),
+                ("encode", f"{we:.1f} s, {mpix / we:.2f} MPix/s, peak RSS {me:.0f} MiB"),
+                ("decode", f"{wd:.1f} s, {mpix / wd:.2f} MPix/s, peak RSS {md:.0f} MiB"),
+                ("seams (PSNR dB image)", f"8-px tile-border bands {pb:.2f} dB vs interior {pi:.2f} dB (diff {pb - pi:+.2f})"),
+                ("nodata exact", str(nodata_check(src, dec))),
+                ("all-nodata tiles", f"{n_empty} tiles, {b_empty} bytes in all"),
+            ]
+            for k, v in rows:
+                print(f"{k:>24}: {v}", flush=True)
+            dec.unlink()
+    if args.skip_speed:
+        return
+    # speed: whole-process CLI (both presets) vs OpenJPEG (2 threads) at the same bpp
     s = args.speed_size
     src = work / f"speed-{s}.tif"
     if not src.exists():
         build_mosaic(src, s, with_nodata=False)
-    sarc, dec = work / "speed.sarc", work / "speed-dec.tif"
-    we, me, _ = run_measured(cli("encode", src, sarc, "--quality", args.quality, "--force"))
-    wd, md, _ = run_measured(cli("decode", sarc, dec, "--force"))
+    mp = s * s / 1e6
+    print(f"{'speed image':>24}: {s} x {s} uint16 real-derived, q{args.quality}", flush=True)
+    for preset in args.presets.split(","):
+        sarc, dec = work / f"speed-{preset}.sarc", work / f"speed-{preset}-dec.tif"
+        we, me, _ = run_measured(cli("encode", src, sarc, "--quality", args.quality, "--preset", preset, "--force"))
+        wd, md, _ = run_measured(cli("decode", sarc, dec, "--force"))
+        je, jd, jbpp, pe, pd = openjpeg_speed(src, work, 8.0 * sarc.stat().st_size)
+        with rasterio.open(src) as a, rasterio.open(dec) as b:
+            ok = a.read(1) > 0
+            da = 20 * np.log10(np.maximum(a.read(1), 1.0))[ok]
+            db = 20 * np.log10(np.maximum(b.read(1), 1.0))[ok]
+        psnr = 10 * math.log10((da.max() - da.min()) ** 2 / np.mean((da - db) ** 2))
+        rows = [
+            (f"[{preset}] file", f"{8 * sarc.stat().st_size / (s * s):.3f} bpp, PSNR of the dB image {psnr:.2f} dB "
+                                 f"(OpenJPEG at {jbpp:.3f} bpp)"),
+            (f"[{preset}] CLI encode", f"{mp / we:.2f} MPix/s ({we:.2f} s whole process, peak RSS {me:.0f} MiB)"),
+            (f"[{preset}] CLI decode", f"{mp / wd:.2f} MPix/s ({wd:.2f} s whole process, peak RSS {md:.0f} MiB)"),
+            ("OpenJPEG encode (2 thr)", f"{mp / je:.2f} MPix/s in-process (array in memory); {mp / pe:.2f} MPix/s as a "
+                                        f"whole process (read GeoTIFF, write .j2k)"),
+            ("OpenJPEG decode (2 thr)", f"{mp / jd:.2f} MPix/s in-process; {mp / pd:.2f} MPix/s as a whole process "
+                                        f"(read .j2k, write GeoTIFF)"),
+            (f"[{preset}] ratios", f"encode {je / we:.2f}x OpenJPEG's in-process speed ({pe / we:.2f}x whole-process), "
+                                   f"decode {jd / wd:.2f}x ({pd / wd:.2f}x)"),
+        ]
+        for k, v in rows:
+            print(f"{k:>24}: {v}", flush=True)
+
+
+OPJ_SCRIPT = r"""
+import sys, time, imagecodecs, numpy as np, rasterio
+mode, a, b = sys.argv[1], sys.argv[2], sys.argv[3]
+if mode == "encode":
+    with rasterio.open(a) as ds:
+        arr = ds.read(1)
+    open(b, "wb").write(imagecodecs.jpeg2k_encode(arr, level=float(sys.argv[4]), codecformat="J2K", numthreads=2))
+else:
+    arr = imagecodecs.jpeg2k_decode(open(a, "rb").read(), numthreads=2)
+    with rasterio.open(b, "w", driver="GTiff", width=arr.shape[1], height=arr.shape[0], count=1, dtype=arr.dtype,
+                       tiled=True, blockxsize=256, blockysize=256) as ds:
+        ds.write(arr, 1)
+"""
+
+
+def openjpeg_speed(src: Path, work: Path, bits: float) -> tuple[float, float, float, float, float]:
+    """OpenJPEG rate-matched to ``bits``: (encode s, decode s in-process, bpp, encode s, decode s whole process)."""
+    import imagecodecs
+
+    from sarcodec.bench import _secant
+
     with rasterio.open(src) as ds:
         arr = ds.read(1)
-    bits = 8.0 * sarc.stat().st_size
     chosen: dict = {}
 
     def enc(lv: float) -> bytes:
         t = time.perf_counter()
         out = imagecodecs.jpeg2k_encode(arr, level=lv, codecformat="J2K", numthreads=2)
-        chosen[len(out)] = time.perf_counter() - t
+        chosen[len(out)] = (time.perf_counter() - t, lv)
         return out
 
     data = _secant(enc, bits, 28.0, 40.0, 8.0, 120.0)
-    je = chosen[len(data)]
+    je, level = chosen[len(data)]
     t = time.perf_counter()
     imagecodecs.jpeg2k_decode(data, numthreads=2)
     jd = time.perf_counter() - t
-    mp = s * s / 1e6
-    speed = [
-        ("speed image", f"{s} x {s} uint16 real-derived, sarcodec q{args.quality} {8 * sarc.stat().st_size / (s * s):.3f} bpp, "
-                        f"OpenJPEG {8 * len(data) / (s * s):.3f} bpp"),
-        ("sarcodec CLI encode", f"{mp / we:.2f} MPix/s ({we:.1f} s whole process, peak RSS {me:.0f} MiB)"),
-        ("sarcodec CLI decode", f"{mp / wd:.2f} MPix/s ({wd:.1f} s whole process, peak RSS {md:.0f} MiB)"),
-        ("OpenJPEG encode (2 thr)", f"{mp / je:.2f} MPix/s (in-process, array in memory)"),
-        ("OpenJPEG decode (2 thr)", f"{mp / jd:.2f} MPix/s (in-process)"),
-        ("ratios", f"encode {je / we:.2f}x OpenJPEG's speed, decode {jd / wd:.2f}x"),
-    ]
-    for k, v in speed:
-        print(f"{k:>24}: {v}", flush=True)
+    j2k, out = work / "speed.j2k", work / "speed-j2k-dec.tif"
+    pe, _, _ = run_measured([sys.executable, "-c", OPJ_SCRIPT, "encode", src, j2k, str(level)])
+    pd, _, _ = run_measured([sys.executable, "-c", OPJ_SCRIPT, "decode", j2k, out])
+    return je, jd, 8.0 * len(data) / arr.size, pe, pd
 
 
 if __name__ == "__main__":

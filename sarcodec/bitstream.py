@@ -5,7 +5,8 @@ Byte layout (all integers little-endian)::
     offset      size   field
     0           4      magic  b"SARC"
     4           1      major format version (1); readers refuse other majors
-    5           1      minor format version (0); additive changes only
+    5           1      minor format version (1); additive changes only (1.1: header fields at
+                       their default value may be left out)
     6           2      reserved, 0
     8           4      L = header length in bytes (u32, at most 16 MiB)
     12          4      CRC-32 of the L header bytes
@@ -26,11 +27,15 @@ Tile payload (one band, one tile of ``tile`` x ``tile`` pixels, smaller at the r
     5    M   (if mask present) zlib stream of uint8 classes, one per pixel of the tile (row-major):
                0 = coded pixel, 1 = nodata / NaN, 2 = exact zero (log domain)
     ...      (unless empty) range-coder words of the latent (u32 little-endian; see
-             ``sarcodec.entropy``); z has shape (hyper channels, ceil(ceil(th/16)/4), ceil(ceil(tw/16)/4))
+             ``sarcodec.entropy``); z has shape (hyper channels, ceil(ceil(th/s)/4), ceil(ceil(tw/s)/4)),
+             s being the model's latent stride (16 for the default model, 8 for the fast preset)
 
-Header JSON fields: see ``Header``.  Floats are written with Python's shortest round-trip repr,
-so the preprocessing parameters are bit-exact; NaN nodata is written as the string "nan"; CRSs
-are "EPSG:n" when that code reproduces them exactly, WKT otherwise.
+Header JSON fields: see ``Header``; fields at their default value (no nodata, no GCPs, no band
+descriptions/units/tags, scales 1, offsets 0) are left out, which matters for small images (the
+header of a 256 x 256 georeferenced float32 image: 250 instead of 380 bytes).  Floats are written
+with Python's shortest round-trip repr, so the preprocessing parameters are bit-exact; NaN nodata
+is written as the string "nan"; CRSs are "EPSG:n" when that code reproduces them exactly, WKT
+otherwise.
 """
 from __future__ import annotations
 
@@ -42,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 
 MAGIC = b"SARC"
 MAJOR = 1
-MINOR = 0
+MINOR = 1
 MAX_HEADER = 16 * 2**20
 MAX_DIM = 2**24
 MAX_BANDS = 4096
@@ -99,6 +104,14 @@ class Header:
         d = asdict(self)
         if d["nodata"] is not None and math.isnan(d["nodata"]):
             d["nodata"] = "nan"
+        defaults = {"nodata": None, "crs": None, "transform": None, "gcp_crs": None, "encoder": ""}
+        for k, v in list(d.items()):
+            if (k in defaults and v == defaults[k]) or (k in ("gcps", "tags") and not v):
+                del d[k]
+            elif k in ("descriptions", "units", "band_tags") and not any(v):
+                del d[k]
+            elif (k == "scales" and all(x == 1.0 for x in v)) or (k == "offsets" and all(x == 0.0 for x in v)):
+                del d[k]
         return zlib.compress(json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False).encode(), 9)
 
     @classmethod

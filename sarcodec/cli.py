@@ -91,10 +91,13 @@ def _parse_window(s: str | None) -> tuple[int, int, int, int] | None:
     return parts  # type: ignore[return-value]
 
 
-def _load(weights: Path | None):
+PRESET_HELP = "default (best rate-distortion, torch) or fast (numpy only, several times faster)."
+
+
+def _load(weights: Path | None, preset: str = "default"):
     from .weights import load
 
-    return load(weights)
+    return load(weights, preset)
 
 
 def _expand_inputs(inputs: list[Path], output: Path, suffix: str) -> list[tuple[Path, Path]]:
@@ -139,15 +142,18 @@ def _run_many(jobs: list[tuple[Path, Path]], fn: Callable, workers: int, as_json
 
 
 def _worker_init(workers: int) -> None:
-    import torch
-
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    n = max(1, (os.cpu_count() or 1) // workers)
+    os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
 
 
 def _safe_call(fn: Callable, job: tuple[Path, Path], kw: dict):
     try:
         kw = dict(kw)
-        kw["model"] = _load(kw.pop("weights"))  # per process: models are not shared across processes
+        weights, preset = kw.pop("weights"), kw.pop("preset", None)
+        if weights is not None or preset is not None:  # per process: models are not shared across processes
+            kw["model"] = _load(weights, preset or "default")
         return fn(job[0], job[1], **kw), None
     except Exception as e:  # noqa: BLE001 - reported per file
         return None, str(e)
@@ -159,7 +165,8 @@ def encode(
     quality: int = typer.Option(4, "--quality", "-q", min=1, max=8, help="1 = smallest file, 8 = most faithful."),
     domain: str = typer.Option("auto", help="auto, identity, log (linear amplitude/intensity) or db (values already in dB)."),
     tile: int = typer.Option(1024, help="Tile size in pixels (multiple of 64): the unit of random access."),
-    weights: Optional[Path] = typer.Option(None, help="Weights file (default: the shipped model)."),
+    preset: str = typer.Option("default", help=PRESET_HELP),
+    weights: Optional[Path] = typer.Option(None, help="Weights file (default: the shipped model of --preset)."),
     workers: int = typer.Option(1, min=1, help="Parallel processes when encoding several files."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file on stdout."),
@@ -172,20 +179,22 @@ def encode(
             _fail("need an INPUT and an OUTPUT", 2)
         jobs = _expand_inputs(inputs[:-1], inputs[-1], ".sarc")
         if len(jobs) == 1:
-            model = _load(weights)
+            model = _load(weights, preset)
             with _progress("encoding", not as_json and sys.stderr.isatty()) as prog:
                 report = encode_file(jobs[0][0], jobs[0][1], quality, force=force, domain=domain, tile=tile, model=model, progress=prog)
             _emit(report, "encoded", as_json)
         else:
-            _run_many(jobs, encode_file, workers, as_json, "encoded", quality=quality, force=force, domain=domain, tile=tile, weights=weights)
+            _run_many(jobs, encode_file, workers, as_json, "encoded", quality=quality, force=force, domain=domain, tile=tile,
+                      weights=weights, preset=preset)
 
 
 @app.command()
 def decode(
     inputs: list[Path] = typer.Argument(..., help="Input .sarc file(s) or folder, then the output GeoTIFF (or folder)."),
     window: Optional[str] = typer.Option(None, help="Decode only COL,ROW,WIDTH,HEIGHT (pixels)."),
-    weights: Optional[Path] = typer.Option(None, help="Weights file (default: the shipped model)."),
-    workers: int = typer.Option(1, min=1),
+    weights: Optional[Path] = typer.Option(None, help="Weights file (default: the shipped model the file names)."),
+    compress: str = typer.Option("none", help="Lossless compression of the output GeoTIFF: none, deflate, zstd or lzw."),
+    workers: int = typer.Option(1, min=1, help="Parallel processes when decoding several files."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file on stdout."),
 ) -> None:
@@ -198,12 +207,12 @@ def decode(
         win = _parse_window(window)
         jobs = _expand_inputs(inputs[:-1], inputs[-1], ".tif")
         if len(jobs) == 1:
-            model = _load(weights)
+            model = _load(weights) if weights else None
             with _progress("decoding", not as_json and sys.stderr.isatty()) as prog:
-                report = decode_file(jobs[0][0], jobs[0][1], force=force, window=win, model=model, progress=prog)
+                report = decode_file(jobs[0][0], jobs[0][1], force=force, window=win, model=model, progress=prog, compress=compress)
             _emit(report, "decoded", as_json)
         else:
-            _run_many(jobs, decode_file, workers, as_json, "decoded", force=force, window=win, weights=weights)
+            _run_many(jobs, decode_file, workers, as_json, "decoded", force=force, window=win, weights=weights, compress=compress)
 
 
 @app.command()
@@ -236,6 +245,7 @@ def info(
 def demo(
     quality: Optional[list[int]] = typer.Option(None, "--quality", "-q", help="Qualities to run (default: all)."),
     keep: Optional[Path] = typer.Option(None, help="Folder to keep the .sarc and decoded files in."),
+    preset: str = typer.Option("default", help=PRESET_HELP),
 ) -> None:
     """Encode and decode the bundled Sentinel-1 sample at every quality; print bytes, bpp and PSNR."""
     import tempfile
@@ -250,7 +260,7 @@ def demo(
 
     with _errors():
         src = Path(__file__).parent / "data" / "demo-s1-vh.tif"
-        model = _load(None)
+        model = _load(None, preset)
         qs = quality or list(range(1, 9))
         with tempfile.TemporaryDirectory() as td:
             out = keep or Path(td)
@@ -292,7 +302,8 @@ def bench(
     codecs: str = typer.Option("sarcodec,jpeg2000,jpeg2000-log,jpegxl,lossless", help="Comma-separated codecs."),
     qualities: str = typer.Option("1-8", help="sarcodec qualities, e.g. 1-8 or 2,4,6."),
     limit: int = typer.Option(0, help="At most this many images per dataset (0: all)."),
-    weights: Optional[Path] = typer.Option(None, help="Weights file (default: the shipped model)."),
+    preset: str = typer.Option("default", help=PRESET_HELP),
+    weights: Optional[Path] = typer.Option(None, help="Weights file (default: the shipped model of --preset)."),
     as_json: bool = typer.Option(False, "--json", help="Print the BD-rate summary as JSON on stdout."),
 ) -> None:
     """Rate-distortion, radiometry and speed against JPEG 2000, JPEG XL and lossless references."""
@@ -304,7 +315,7 @@ def bench(
             if not p.exists():
                 _fail(f"{p}: no such file or folder", 2)
         try:
-            res = run_bench(data, out, [c.strip() for c in codecs.split(",") if c.strip()], qs, _load(weights),
+            res = run_bench(data, out, [c.strip() for c in codecs.split(",") if c.strip()], qs, _load(weights, preset),
                             progress=sys.stderr.isatty(), limit=limit)
         except ValueError as e:
             _fail(str(e), 2)
@@ -337,6 +348,7 @@ def train(
     compile: bool = typer.Option(False, "--compile", help="Use torch.compile (off by default; broken on some platforms)."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu or cuda."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch default)."),
+    preset: str = typer.Option("default", help="Architecture to train from scratch: default or fast (ignored with --init/--resume)."),
 ) -> None:
     """Train a model (rate-distortion, all eight qualities at once) and export it."""
     from .train import TrainConfig, train as run
@@ -344,12 +356,15 @@ def train(
     with _errors():
         if crop % 64:
             _fail("--crop must be a multiple of 64", 2)
+        if preset not in ("default", "fast"):
+            _fail("--preset must be default or fast", 2)
         cfg = TrainConfig(
             data=[str(d) for d in data], out=str(out), val=[str(v) for v in (val or [])], val_split=val_split, steps=steps,
             max_minutes=max_minutes, batch=batch, crop=crop, lr=lr, seed=seed, val_every=val_every,
             checkpoint_every=checkpoint_every, resume=resume, compile=compile, device=device, threads=threads,
             init=str(init) if init else "",
             lambdas=[float(v) for v in lambdas.split(",")] if lambdas else [],
+            model={"preset": "fast"} if preset == "fast" else {},
         )
         run(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
 

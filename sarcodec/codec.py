@@ -3,11 +3,12 @@
 Tiling (seam-free, streaming):
 
 * The image of each band is split into ``tile`` x ``tile`` pixel tiles (default 1024).  Each tile
-  codes its own part of one continuous latent grid (1/16 resolution): the analysis transform runs on
-  the tile plus a ``HALO_PX`` margin of real neighbouring pixels and the result is cropped, so the
-  latent does not depend on where tiles are cut.
+  codes its own part of one continuous latent grid (1/16 resolution for the default model, 1/8 for
+  the fast preset): the analysis transform runs on the tile plus the model's ``halo_px`` margin of
+  real neighbouring pixels and the result is cropped, so the latent does not depend on where tiles
+  are cut.
 * The hyper-prior (z and the entropy model) is per tile, so every tile entropy-decodes on its own.
-* The synthesis transform runs on the tile's latent plus ``HALO_LAT`` latent pixels of its
+* The synthesis transform runs on the tile's latent plus ``halo_lat`` latent pixels of its
   neighbours (decoded as needed, cached one tile row back), and is cropped: no seams at tile borders.
 * Only the current tile and its neighbours' latents are in memory, so peak memory depends on the
   tile size, not on the image size.
@@ -25,18 +26,15 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from . import __version__, bitstream
 from .bitstream import FormatError, Header
 from .io import InputError
 from .preprocess import DOMAINS, BandMapping, choose_domain, fit_mapping, to_dtype
-from .weights import CodecModel
+from .runtime import CodecModel
+from .weights import bundled_path
 from .weights import load as load_weights
 
-HALO_PX = 64
-HALO_LAT = 4
 SAMPLE_PIXELS = 4_000_000
 U_CLIP = (-0.5, 1.5)
 CLASS_VALID, CLASS_NODATA, CLASS_ZERO = 0, 1, 2
@@ -111,14 +109,15 @@ class Grid:
     height: int
     width: int
     tile: int
+    stride: int = 16  # pixels per latent position
 
     @property
     def lat_h(self) -> int:
-        return -(-self.height // 16)
+        return -(-self.height // self.stride)
 
     @property
     def lat_w(self) -> int:
-        return -(-self.width // 16)
+        return -(-self.width // self.stride)
 
     @property
     def tiles_y(self) -> int:
@@ -133,7 +132,7 @@ class Grid:
         return ty * t, min((ty + 1) * t, self.height), tx * t, min((tx + 1) * t, self.width)
 
     def latents(self, ty: int, tx: int) -> tuple[int, int, int, int]:
-        lt = self.tile // 16
+        lt = self.tile // self.stride
         return ty * lt, min((ty + 1) * lt, self.lat_h), tx * lt, min((tx + 1) * lt, self.lat_w)
 
 
@@ -150,18 +149,18 @@ class Encoder:
         if tile % 64 or not 64 <= tile <= 8192:
             raise InputError("tile size must be a multiple of 64 in 64..8192")
         self.model = model
-        self.q = torch.tensor([quality - 1])
+        self.quality = quality
         self.tile = tile
         self.ideal_bits = 0.0  # information content of all coded latents (entropy-coder overhead check)
         self.latent_bytes = 0
 
-    @torch.inference_mode()
     def encode_tile(self, source: BandSource, band: int, grid: Grid, ty: int, tx: int, mapping: BandMapping, nodata: float | None) -> bytes:
         r0, r1, c0, c1 = grid.pixels(ty, tx)
         l0, l1, k0, k1 = grid.latents(ty, tx)
-        hp, wp = grid.lat_h * 16, grid.lat_w * 16
-        wr0, wr1 = max(0, r0 - HALO_PX), min(hp, l1 * 16 + HALO_PX)
-        wc0, wc1 = max(0, c0 - HALO_PX), min(wp, k1 * 16 + HALO_PX)
+        s, halo = grid.stride, self.model.halo_px
+        hp, wp = grid.lat_h * s, grid.lat_w * s
+        wr0, wr1 = max(0, r0 - halo), min(hp, l1 * s + halo)
+        wc0, wc1 = max(0, c0 - halo), min(wp, k1 * s + halo)
         raw = source.read(band, wr0, min(wr1, grid.height), wc0, min(wc1, grid.width))
         cls = pixel_classes(raw, nodata, mapping.domain)
         valid = cls == CLASS_VALID
@@ -174,13 +173,12 @@ class Encoder:
         if not valid.all():
             u[~valid] = float(u[valid].mean()) if valid.any() else 0.5
         u = _pad_to(u, wr1 - wr0, wc1 - wc0)
-        y = self.model.g_a(torch.from_numpy(np.ascontiguousarray(u))[None, None])
-        y = y[:, :, l0 - wr0 // 16 : l1 - wr0 // 16, k0 - wc0 // 16 : k1 - wc0 // 16]
-        y = y * self.model.gains.gain(self.q)
+        y = self.model.analysis(u, self.quality)
+        y = y[:, l0 - wr0 // s : l1 - wr0 // s, k0 - wc0 // s : k1 - wc0 // s]
         h, w = y.shape[-2:]
         hz, wz = -(-h // 4) * 4, -(-w // 4) * 4
-        z = torch.round(self.model.h_a(F.pad(y, (0, wz - w, 0, hz - h))))
-        latent, _, bits = self.model.coder.encode(z[0].numpy().astype(np.int64), y[0].numpy())
+        z = np.round(self.model.hyper_analysis(np.pad(y, ((0, 0), (0, hz - h), (0, wz - w)))))
+        latent, _, bits = self.model.coder.encode(z.astype(np.int64), y)
         self.ideal_bits += bits
         self.latent_bytes += len(latent)
         return bitstream.pack_tile(latent, mask)
@@ -196,12 +194,13 @@ class Decoder:
         self.model = model
         self.h = header
         self.reader = reader
-        self.grid = Grid(header.height, header.width, header.tile)
-        self.q = torch.tensor([header.quality - 1])
+        self.grid = Grid(header.height, header.width, header.tile, model.stride)
         try:
             self.mappings = [BandMapping.from_dict(m) for m in header.mappings]
         except (KeyError, TypeError, ValueError) as e:
             raise FormatError(f"header preprocessing parameters invalid ({e})") from None
+        if header.tile % (4 * model.stride):
+            raise FormatError(f"tile size {header.tile} does not fit model {model.name}")
         if header.quality > model.cfg.qualities:
             raise FormatError(f"quality {header.quality} is not offered by model {model.name}")
         self.cache: dict[tuple[int, int, int], tuple[np.ndarray, bytes | None]] = {}
@@ -230,14 +229,14 @@ class Decoder:
         for key in [k for k in self.cache if k[0] != band or k[1] < ty - 1]:
             del self.cache[key]
 
-    @torch.inference_mode()
     def decode_tile(self, band: int, ty: int, tx: int) -> np.ndarray:
         """Decoded values of one tile (dtype of the file), rows x cols of the tile."""
         g = self.grid
         self._evict(band, ty)
         l0, l1, k0, k1 = g.latents(ty, tx)
-        wl0, wl1 = max(0, l0 - HALO_LAT), min(g.lat_h, l1 + HALO_LAT)
-        wk0, wk1 = max(0, k0 - HALO_LAT), min(g.lat_w, k1 + HALO_LAT)
+        halo = self.model.halo_lat
+        wl0, wl1 = max(0, l0 - halo), min(g.lat_h, l1 + halo)
+        wk0, wk1 = max(0, k0 - halo), min(g.lat_w, k1 + halo)
         ywin = np.zeros((self.model.cfg.latent, wl1 - wl0, wk1 - wk0), dtype=np.float32)
         for ny in range(max(0, ty - 1), min(g.tiles_y, ty + 2)):
             for nx in range(max(0, tx - 1), min(g.tiles_x, tx + 2)):
@@ -248,12 +247,17 @@ class Decoder:
                 y, _ = self._latent(band, ny, nx)
                 ywin[:, i0 - wl0 : i1 - wl0, j0 - wk0 : j1 - wk0] = y[:, i0 - a0 : i1 - a0, j0 - b0 : j1 - b0]
         _, mask = self._latent(band, ty, tx)
-        yt = torch.from_numpy(ywin)[None] * self.model.gains.igain(self.q)
-        u = self.model.g_s(yt)[0, 0].numpy()
         r0, r1, c0, c1 = g.pixels(ty, tx)
-        u = u[r0 - wl0 * 16 : r1 - wl0 * 16, c0 - wk0 * 16 : c1 - wk0 * 16]
+        if mask is not None and not (np.frombuffer(mask, dtype=np.uint8) == CLASS_VALID).any():
+            nod = self.h.nodata if self.h.nodata is not None else (np.nan if np.dtype(self.h.dtype).kind == "f" else 0)
+            out = np.full((r1 - r0, c1 - c0), nod, dtype=self.h.dtype)  # no valid pixel: no synthesis
+            out[np.frombuffer(mask, dtype=np.uint8).reshape(out.shape) == CLASS_ZERO] = 0
+            return out
+        u = self.model.synthesis(ywin, self.h.quality)
+        s = g.stride
+        u = u[r0 - wl0 * s : r1 - wl0 * s, c0 - wk0 * s : c1 - wk0 * s]
         mapping = self.mappings[band]
-        vals = mapping.inverse(np.clip(u, *U_CLIP))
+        vals = mapping.inverse32(np.clip(u, *U_CLIP))
         out = to_dtype(vals, np.dtype(self.h.dtype))
         if mask is not None:
             cls = np.frombuffer(mask, dtype=np.uint8).reshape(out.shape)
@@ -261,6 +265,15 @@ class Decoder:
             out[cls == CLASS_NODATA] = nod
             out[cls == CLASS_ZERO] = 0
         return out
+
+
+def model_for(header: Header) -> CodecModel:
+    """The shipped model a file was encoded with (by the name its header records)."""
+    path = bundled_path(header.model_name) if header.model_name.replace("-", "").replace("_", "").isalnum() else None
+    if path is None:
+        raise DecodeError(f"file was encoded with model {header.model_name} (id {header.model_id}), which is not "
+                          f"shipped with this sarcodec; pass --weights with that model's file")
+    return load_weights(path)
 
 
 def _header_from(meta: dict, model: CodecModel, quality: int, tile: int, mappings: list[BandMapping]) -> Header:
@@ -289,7 +302,7 @@ def encode_source(source: BandSource, meta: dict, out, *, quality: int = 4, doma
         raise InputError(f"data type {dtype} is not supported (use {', '.join(bitstream.DTYPES)})")
     mappings = [fit_band(source, b, dtype, meta.get("nodata"), domain) for b in range(meta["bands"])]
     header = _header_from(meta, model, quality, tile, mappings)
-    grid = Grid(header.height, header.width, tile)
+    grid = Grid(header.height, header.width, tile, model.stride)
     writer = bitstream.Writer(out, header)
     total, done = header.n_tiles, 0
     for b in range(header.bands):
@@ -359,7 +372,7 @@ def decode_array(data: bytes, *, model: CodecModel | None = None, window: tuple[
     def sink(b: int, r: int, c: int, block: np.ndarray) -> None:
         out[b, r : r + block.shape[0], c : c + block.shape[1]] = block
 
-    decode_tiles(reader, model or load_weights(), sink, window)
+    decode_tiles(reader, model or model_for(h), sink, window)
     return out, h
 
 
@@ -424,8 +437,11 @@ def open_sarc(src: Path):
 
 
 def decode_file(src: str | Path, dst: str | Path, *, force: bool = False, window: tuple[int, int, int, int] | None = None,
-                model: CodecModel | None = None, progress: Progress | None = None) -> Report:
-    """Decompress a ``.sarc`` file to a GeoTIFF (atomically); ``window`` = (col, row, width, height)."""
+                model: CodecModel | None = None, progress: Progress | None = None, compress: str = "none") -> Report:
+    """Decompress a ``.sarc`` file to a GeoTIFF (atomically); ``window`` = (col, row, width, height).
+
+    ``compress``: the output GeoTIFF's lossless compression (none, deflate, zstd, lzw).
+    """
     from .io import atomic_output, create_geotiff, gdal_env, window_metadata, write_window
 
     t0 = time.perf_counter()
@@ -437,8 +453,8 @@ def decode_file(src: str | Path, dst: str | Path, *, force: bool = False, window
             check_window(window, h)
         col, row, w, hh = window if window else (0, 0, h.width, h.height)
         meta = window_metadata(vars(h), col, row) if window else vars(h)
-        model = model or load_weights()
-        with atomic_output(dst, force, src) as tmp, create_geotiff(tmp, meta, w, hh) as ds:
+        model = model or model_for(h)
+        with atomic_output(dst, force, src) as tmp, create_geotiff(tmp, meta, w, hh, compress) as ds:
             decode_tiles(reader, model, lambda b, r, c, blk: write_window(ds, b, r, c, blk), window, progress)
     return _report(src, dst, h, src.stat().st_size, t0, w * hh * h.bands)
 
@@ -467,6 +483,6 @@ def decode_latents(data: bytes, *, model: CodecModel | None = None) -> list[np.n
     import io as _io
 
     reader = bitstream.Reader(_io.BytesIO(data), len(data))
-    dec = Decoder(model or load_weights(), reader.header, reader)
+    dec = Decoder(model or model_for(reader.header), reader.header, reader)
     h, g = reader.header, dec.grid
     return [dec._latent(b, ty, tx)[0] for b in range(h.bands) for ty in range(g.tiles_y) for tx in range(g.tiles_x)]

@@ -21,19 +21,39 @@ sarcodec makes every quantity the entropy *decoder* depends on exact:
 
 Stream layout of one tile (one range-coder stream, decoded in the same order):
 z symbols channel by channel; y symbols by scale index 0..63 (raster order within a group);
-escape magnitudes for y symbols outside their table (uniform over 2^16).
+escape magnitudes for y symbols outside their table (uniform over 2^16).  Models made with
+``skip_min_scale`` (the fast preset) do not code the group of scale index 0 at all: those symbols
+are 0 by definition (the encoder quantises them to their mean; p(0) > 0.99999 there).
+
+The runtime half of this module (tables in, symbols out) needs only numpy and constriction, so
+models whose transforms run in numpy (the fast preset) decode without importing torch.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import constriction
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from .model import A_FRAC_BITS, A_MAX, MEAN_GAIN, NUM_SCALES, SIDX_GAIN, W_FRAC_BITS, Z_RADIUS, HyperSynthesis, scale_table
+if TYPE_CHECKING:
+    import torch
+
+    from .model import HyperSynthesis
+
+# Fixed-point formats of the integer hyper-synthesis (shared with sarcodec.model's training version).
+W_FRAC_BITS = 12  # weights and biases in units of 2**-12 (biases: 2**-(12+8))
+A_FRAC_BITS = 8  # activations in units of 2**-8
+A_MAX = 4096.0  # activation clamp (float units) -> keeps integer sums far below 2**53
+Z_RADIUS = 48  # hyper-latent symbols are clamped to [-Z_RADIUS, Z_RADIUS] (training and coding)
+MEAN_GAIN = 16  # h_s outputs are multiplied by these (integer) gains, so Adam's small steps move
+SIDX_GAIN = 8  # means and scale indices fast enough; the integer path multiplies after rounding
+SCALE_MIN = 0.11
+SCALE_MAX = 256.0
+NUM_SCALES = 64
+MACRO = 4  # y elements per z element along each axis (both heads)
 
 PMF_TOTAL_BITS = 16
 Y_TAIL_SIGMAS = 8.0
@@ -61,14 +81,20 @@ def quantize_pmf(p: np.ndarray, total_bits: int = PMF_TOTAL_BITS) -> np.ndarray:
     return q.astype(np.int32)
 
 
+def _scales() -> np.ndarray:
+    from .model import scale_table
+
+    return scale_table().numpy()
+
+
 def y_radius_table() -> np.ndarray:
-    scales = scale_table().numpy()
+    scales = _scales()
     return np.minimum(np.ceil(scales * Y_TAIL_SIGMAS).astype(np.int64) + 1, Y_MAX_RADIUS).astype(np.int32)
 
 
 def build_y_tables() -> tuple[np.ndarray, np.ndarray]:
     """(pmf[K, 2*Rmax+3] int32, radius[K] int32). Row k: [low escape, -R..R, high escape, zero pad]."""
-    scales = scale_table().numpy()
+    scales = _scales()
     radius = y_radius_table()
     width = 2 * int(radius.max()) + 3
     pmf = np.zeros((NUM_SCALES, width), dtype=np.int32)
@@ -83,8 +109,10 @@ def build_y_tables() -> tuple[np.ndarray, np.ndarray]:
     return pmf, radius
 
 
-def build_z_tables(prior: torch.nn.Module, channels: int) -> np.ndarray:
+def build_z_tables(prior: "torch.nn.Module", channels: int) -> np.ndarray:
     """Integer pmf[C, 2*Z_RADIUS+1] of the factorised prior (tails folded into the end bins)."""
+    import torch
+
     with torch.no_grad():
         v = torch.arange(-Z_RADIUS, Z_RADIUS + 2, dtype=torch.float32) - 0.5  # bin edges
         logits = prior.logits_cdf(v.repeat(channels, 1, 1))[:, 0, :].double()
@@ -103,26 +131,61 @@ class IntLayer:
     relu: bool
 
 
-class IntHyperSynthesis:
-    """Exact fixed-point evaluation of a trained ``HyperSynthesis``."""
+def output_gains(latent: int, head: str) -> np.ndarray:
+    """Integer gains of h_s's last layer, per output channel (see ``HyperSynthesis``)."""
+    if head == "macro":
+        return np.array([SIDX_GAIN] * latent + [MEAN_GAIN] * MACRO**2, dtype=np.int64)
+    return np.array([MEAN_GAIN] * latent + [SIDX_GAIN] * latent, dtype=np.int64)
 
-    def __init__(self, layers: list[IntLayer], latent: int) -> None:
+
+def pixel_shuffle(x: np.ndarray, r: int) -> np.ndarray:
+    """(C*r*r, h, w) -> (C, h*r, w*r), torch.nn.functional.pixel_shuffle's layout."""
+    c, h, w = x.shape
+    return x.reshape(c // (r * r), r, r, h, w).transpose(0, 3, 1, 4, 2).reshape(c // (r * r), h * r, w * r)
+
+
+def im2col(x: np.ndarray, k: int) -> np.ndarray:
+    """(C, h, w) -> (C*k*k, h*w) with zero padding k//2 (torch.nn.functional.unfold's order)."""
+    c, h, w = x.shape
+    if k == 1:
+        return x.reshape(c, h * w)
+    p = k // 2
+    xp = np.pad(x, ((0, 0), (p, p), (p, p)))
+    cols = np.stack([xp[:, dy : dy + h, dx : dx + w] for dy in range(k) for dx in range(k)], axis=1)
+    return cols.reshape(c * k * k, h * w)
+
+
+class IntHyperSynthesis:
+    """Exact fixed-point evaluation of a trained ``HyperSynthesis`` (numpy only).
+
+    ``head`` says how the last layer's channels map to latent elements: ``full`` -- a mean and a
+    scale index for every element, after two x2 pixel shuffles (the default model); ``macro`` --
+    one scale index per channel for each 4x4 group of latent positions plus a mean for channel 0
+    (the DC coefficient) at every position (the fast preset).
+    """
+
+    def __init__(self, layers: list[IntLayer], latent: int, head: str = "full") -> None:
+        if head not in ("full", "macro"):
+            raise ValueError(f"unknown hyper-synthesis head {head!r}")
         self.layers = layers
         self.latent = latent
+        self.head = head
         self._check_bounds()
 
     @classmethod
-    def from_float(cls, hs: HyperSynthesis, latent: int) -> "IntHyperSynthesis":
+    def from_float(cls, hs: "HyperSynthesis", latent: int, head: str = "full") -> "IntHyperSynthesis":
+        import torch
+
         layers = []
         n = len(hs.convs)
+        gains = output_gains(latent, head)
         for i, (c, sh) in enumerate(zip(hs.convs, hs.shuffle_after)):
             w = torch.round(c.weight.detach().double() * 2**W_FRAC_BITS).long().numpy()
             b = torch.round(c.bias.detach().double() * 2 ** (W_FRAC_BITS + A_FRAC_BITS)).long().numpy()
             if i == n - 1:  # output gains, applied exactly as in HyperSynthesis.forward
-                g = np.array([MEAN_GAIN] * latent + [SIDX_GAIN] * latent, dtype=np.int64)
-                w, b = w * g[:, None, None, None], b * g
+                w, b = w * gains[:, None, None, None], b * gains
             layers.append(IntLayer(w, b, sh, i < n - 1))
-        return cls(layers, latent)
+        return cls(layers, latent, head)
 
     def _check_bounds(self) -> None:
         # input of the first layer: z symbols (|z| <= Z_RADIUS); later layers: clamped activations
@@ -133,52 +196,64 @@ class IntHyperSynthesis:
                 raise EntropyError("integer hyper-synthesis exceeds the exact float64 range")
             x_max = int(A_MAX * 2**A_FRAC_BITS)
 
-    def state(self) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
+    def state(self) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
         for i, layer in enumerate(self.layers):
-            out[f"hs{i}.weight"] = torch.from_numpy(layer.weight.astype(np.int32))
-            out[f"hs{i}.bias"] = torch.from_numpy(layer.bias.astype(np.int64))
-            out[f"hs{i}.flags"] = torch.tensor([int(layer.shuffle), int(layer.relu)], dtype=torch.int32)
+            out[f"hs{i}.weight"] = layer.weight.astype(np.int32)
+            out[f"hs{i}.bias"] = layer.bias.astype(np.int64)
+            out[f"hs{i}.flags"] = np.array([int(layer.shuffle), int(layer.relu)], dtype=np.int32)
+        if self.head != "full":  # absent for the default head: keeps older files' model ids
+            out["head_macro"] = np.array([1], dtype=np.int32)
         return out
 
     @classmethod
-    def from_state(cls, st: dict[str, torch.Tensor], latent: int) -> "IntHyperSynthesis":
+    def from_state(cls, st: dict, latent: int) -> "IntHyperSynthesis":
         layers = []
         i = 0
         while f"hs{i}.weight" in st:
-            flags = st[f"hs{i}.flags"].tolist()
-            layers.append(IntLayer(st[f"hs{i}.weight"].numpy().astype(np.int64), st[f"hs{i}.bias"].numpy().astype(np.int64), bool(flags[0]), bool(flags[1])))
+            flags = np.asarray(st[f"hs{i}.flags"]).tolist()
+            layers.append(IntLayer(np.asarray(st[f"hs{i}.weight"]).astype(np.int64), np.asarray(st[f"hs{i}.bias"]).astype(np.int64),
+                                   bool(flags[0]), bool(flags[1])))
             i += 1
-        return cls(layers, latent)
+        return cls(layers, latent, "macro" if "head_macro" in st else "full")
 
     def __call__(self, z_sym: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """z_sym: int (Cz, h, w) -> (mean_int int64 (M, 4h, 4w) in units 2^-8, scale index int64)."""
-        x = torch.from_numpy(z_sym.astype(np.int64) * 2**A_FRAC_BITS)[None]
+        """z_sym: int (Cz, h, w) -> (mean_int, sidx).
+
+        ``sidx``: scale index uint8 (M, 4h, 4w).  ``mean_int``: int64 means in units 2^-8 of the
+        first ``mean_int.shape[0]`` channels (M for the full head, 1 for the macro head); the means
+        of the other channels are 0.
+        """
+        x = z_sym.astype(np.int64) * 2**A_FRAC_BITS
         a_max = int(A_MAX * 2**A_FRAC_BITS)
         half = 2 ** (W_FRAC_BITS - 1)
         for layer in self.layers:
-            w = torch.from_numpy(layer.weight)
-            cout, cin, k, _ = w.shape
-            h, wd = x.shape[-2:]
-            cols = F.unfold(x.double(), k, padding=k // 2)  # (1, cin*k*k, h*w): exact copy
-            acc = torch.matmul(w.reshape(cout, -1).double(), cols[0])  # exact: integers < 2^53
-            acc = acc.round().long() + torch.from_numpy(layer.bias)[:, None]
-            x = torch.div(acc + half, 2**W_FRAC_BITS, rounding_mode="floor").reshape(1, cout, h, wd)
+            cout, cin, k, _ = layer.weight.shape
+            _, h, wd = x.shape
+            # exact: integer operands, every partial sum below 2^53 (checked in _check_bounds)
+            acc = np.matmul(layer.weight.reshape(cout, -1).astype(np.float64), im2col(x.astype(np.float64), k))
+            acc = acc.astype(np.int64) + layer.bias[:, None]
+            x = np.floor_divide(acc + half, 2**W_FRAC_BITS).reshape(cout, h, wd)
             if layer.shuffle:
-                x = F.pixel_shuffle(x, 2)
+                x = pixel_shuffle(x, 2)
             if layer.relu:
-                x = x.clamp(0, a_max)
-        x = x[0]
-        mean_int = x[: self.latent]
-        sidx = torch.div(x[self.latent :] + 2 ** (A_FRAC_BITS - 1), 2**A_FRAC_BITS, rounding_mode="floor")
-        sidx = sidx.clamp(0, NUM_SCALES - 1)
-        return mean_int.numpy(), sidx.numpy()
+                x = np.clip(x, 0, a_max)
+        m = self.latent
+        if self.head == "macro":  # means of channel 0 only (the others are 0)
+            sidx = _to_index(x[:m]).repeat(MACRO, axis=1).repeat(MACRO, axis=2)
+            return pixel_shuffle(x[m : m + MACRO**2], MACRO), sidx
+        return x[:m], _to_index(x[m:])
+
+
+def _to_index(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.floor_divide(x + 2 ** (A_FRAC_BITS - 1), 2**A_FRAC_BITS), 0, NUM_SCALES - 1).astype(np.uint8)
 
 
 def coding_order(flat_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Order in which y symbols are coded: grouped by scale index 0..63, raster order inside a group.
 
     Returns (permutation of the flat positions, group boundaries: group k is order[b[k]:b[k+1]]).
+    ``flat_s`` is uint8, for which numpy's stable sort is a radix sort (linear time).
     """
     order = np.argsort(flat_s, kind="stable")
     return order, np.searchsorted(flat_s[order], np.arange(NUM_SCALES + 1))
@@ -187,15 +262,17 @@ def coding_order(flat_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class EntropyCoder:
     """Codes one tile's (z, y) with the fixed tables and the integer hyper-synthesis."""
 
-    def __init__(self, hs: IntHyperSynthesis, z_pmf: np.ndarray, y_pmf: np.ndarray, y_radius: np.ndarray) -> None:
+    def __init__(self, hs: IntHyperSynthesis, z_pmf: np.ndarray, y_pmf: np.ndarray, y_radius: np.ndarray,
+                 skip_min_scale: bool = False) -> None:
         self.hs = hs
-        self.z_pmf = z_pmf.astype(np.int64)
-        self.y_pmf = y_pmf.astype(np.int64)
+        self.z_pmf = np.asarray(z_pmf).astype(np.int64)
+        self.y_pmf = np.asarray(y_pmf).astype(np.int64)
         cat = constriction.stream.model.Categorical
-        self.z_models = [cat(row.astype(np.float64), perfect=False) for row in z_pmf]
-        self.y_radius = y_radius.astype(np.int64)
-        self.y_models = [cat(row[: 2 * r + 3].astype(np.float64), perfect=False) for row, r in zip(y_pmf, self.y_radius)]
+        self.z_models = [cat(row.astype(np.float64), perfect=False) for row in self.z_pmf]
+        self.y_radius = np.asarray(y_radius).astype(np.int64)
+        self.y_models = [cat(row[: 2 * r + 3].astype(np.float64), perfect=False) for row, r in zip(self.y_pmf, self.y_radius)]
         self.escape_model = constriction.stream.model.Uniform(2**ESCAPE_BITS)
+        self.first_group = 1 if skip_min_scale else 0  # scale-index groups below this are not coded
 
     def hyper(self, z_sym: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.hs(z_sym)
@@ -207,40 +284,45 @@ class EntropyCoder:
         """
         enc = constriction.stream.queue.RangeEncoder()
         z_sym = np.clip(z_sym, -Z_RADIUS, Z_RADIUS).astype(np.int64)
-        for c, model in enumerate(self.z_models):
-            enc.encode((z_sym[c].ravel() + Z_RADIUS).astype(np.int32), model)
-        mean_int, sidx = self.hs(z_sym)
-        h, w = y.shape[1:]
-        mean_int, sidx = mean_int[:, :h, :w], sidx[:, :h, :w]
-        mean = mean_int.astype(np.float64) / 2**A_FRAC_BITS
-        sym = np.rint(y.astype(np.float64) - mean).astype(np.int64)
-        radius = self.y_radius[sidx]
-        sym = np.clip(sym, -radius - 2**ESCAPE_BITS, radius + 2**ESCAPE_BITS)
-        low = sym < -radius
-        high = sym > radius
-        idx = np.where(low, 0, np.where(high, 2 * radius + 2, sym + radius + 1))
-        order, bounds = coding_order(sidx.ravel())
-        coded = idx.ravel()[order]
-        for k in range(NUM_SCALES):
-            if bounds[k + 1] > bounds[k]:
-                enc.encode(coded[bounds[k] : bounds[k + 1]].astype(np.int32), self.y_models[k])
-        # escape magnitudes, in the order the decoder finds them (the coding order)
-        is_esc = (low | high).ravel()[order]
-        escapes = np.where(low, -radius - 1 - sym, sym - radius - 1).ravel()[order][is_esc]
-        if escapes.size:
-            enc.encode(escapes.astype(np.int32), self.escape_model)
-        y_hat = (sym + mean).astype(np.float32)
-        return enc.get_compressed().tobytes(), y_hat, self._ideal_bits(z_sym, sidx, idx, escapes.size)
-
-    def _ideal_bits(self, z_sym: np.ndarray, sidx: np.ndarray, idx: np.ndarray, n_escapes: int) -> float:
-        """Information content of the coded symbols under the integer tables (what an ideal coder spends)."""
         bits = 0.0
-        for c in range(z_sym.shape[0]):
-            p = self.z_pmf[c][z_sym[c].ravel() + Z_RADIUS]
-            bits += float(-np.log2(p / 2**PMF_TOTAL_BITS).sum())
-        p = self.y_pmf[sidx.ravel(), idx.ravel()]
-        bits += float(-np.log2(p / 2**PMF_TOTAL_BITS).sum())
-        return bits + ESCAPE_BITS * n_escapes
+        for c, model in enumerate(self.z_models):
+            zi = z_sym[c].ravel() + Z_RADIUS
+            enc.encode(zi.astype(np.int32), model)
+            bits += _info_bits(zi, self.z_pmf[c])
+        mean_int, sidx = self.hs(z_sym)
+        m, (h, w) = mean_int.shape[0], y.shape[1:]
+        mean = mean_int[:, :h, :w] / 2**A_FRAC_BITS
+        sidx = sidx[:, :h, :w]
+        d = y.astype(np.float64)
+        d[:m] -= mean
+        sym = np.rint(d).astype(np.int64).ravel()
+        order, bounds = coding_order(sidx.ravel())
+        coded = sym[order]
+        escapes = []
+        for k in range(NUM_SCALES):
+            b0, b1 = bounds[k], bounds[k + 1]
+            if b0 == b1:
+                continue
+            if k < self.first_group:  # not coded: these symbols are 0
+                coded[b0:b1] = 0
+                continue
+            r = int(self.y_radius[k])
+            v = np.clip(coded[b0:b1], -r - 2**ESCAPE_BITS, r + 2**ESCAPE_BITS)
+            coded[b0:b1] = v
+            idx = np.clip(v, -r - 1, r + 1) + (r + 1)  # 0 and 2r+2: escapes
+            enc.encode(idx.astype(np.int32), self.y_models[k])
+            bits += _info_bits(idx, self.y_pmf[k, : 2 * r + 3])
+            out = np.abs(v) > r
+            if out.any():  # escape magnitudes, in coding order
+                escapes.append(np.abs(v[out]) - r - 1)
+        if escapes:
+            e = np.concatenate(escapes)
+            enc.encode(e.astype(np.int32), self.escape_model)
+            bits += ESCAPE_BITS * e.size
+        sym[order] = coded
+        y_hat = sym.reshape(y.shape).astype(np.float64)
+        y_hat[:m] += mean
+        return enc.get_compressed().tobytes(), y_hat.astype(np.float32), bits
 
     def decode(self, payload: bytes, z_shape: tuple[int, int, int], y_hw: tuple[int, int]) -> np.ndarray:
         """Inverse of ``encode``: returns y_hat float32 (M, *y_hw); EntropyError on invalid data."""
@@ -262,25 +344,40 @@ class EntropyCoder:
             raise EntropyError("hyper-latent channel count does not match the model")
         z_sym = np.stack([dec.decode(m, hz * wz).reshape(hz, wz) for m in self.z_models]).astype(np.int64) - Z_RADIUS
         mean_int, sidx = self.hs(z_sym)
-        mean_int, sidx = mean_int[:, : y_hw[0], : y_hw[1]], sidx[:, : y_hw[0], : y_hw[1]]
-        flat_s = sidx.ravel()
-        order, bounds = coding_order(flat_s)
-        coded = np.zeros(flat_s.size, dtype=np.int64)
+        h, w = y_hw
+        sidx = sidx[:, :h, :w]
+        order, bounds = coding_order(sidx.ravel())
+        coded = np.empty(order.size, dtype=np.int32)  # symbol values in coding order
+        esc_pos, esc_sign, esc_base = [], [], []
         for k in range(NUM_SCALES):
-            if bounds[k + 1] > bounds[k]:
-                coded[bounds[k] : bounds[k + 1]] = dec.decode(self.y_models[k], int(bounds[k + 1] - bounds[k]))
-        flat_i = np.empty_like(coded)
-        flat_i[order] = coded
-        radius = self.y_radius[flat_s]
-        sym = flat_i - radius - 1
-        low = flat_i == 0
-        high = flat_i == 2 * radius + 2
-        n_esc = int(low.sum() + high.sum())
-        if n_esc:
-            mags = np.zeros(flat_s.size, dtype=np.int64)
-            vals = dec.decode(self.escape_model, n_esc).astype(np.int64)
-            pos = order[(low | high)[order]]
-            mags[pos] = vals
-            sym = np.where(low, -radius - 1 - mags, np.where(high, radius + 1 + mags, sym))
-        mean = mean_int.astype(np.float64) / 2**A_FRAC_BITS
-        return (sym.reshape(mean.shape) + mean).astype(np.float32)
+            b0, b1 = bounds[k], bounds[k + 1]
+            if b0 == b1:
+                continue
+            if k < self.first_group:
+                coded[b0:b1] = 0
+                continue
+            r = int(self.y_radius[k])
+            v = dec.decode(self.y_models[k], int(b1 - b0))
+            v -= r + 1
+            coded[b0:b1] = v
+            e = np.flatnonzero(np.abs(v) > r)
+            if e.size:
+                esc_pos.append(e + b0)
+                esc_sign.append(np.sign(v[e]))
+                esc_base.append(np.full(e.size, r + 1))
+        if esc_pos:
+            pos, sign, base = np.concatenate(esc_pos), np.concatenate(esc_sign), np.concatenate(esc_base)
+            mags = dec.decode(self.escape_model, pos.size).astype(np.int64)
+            coded[pos] = sign * (base + mags)
+        sym = np.empty_like(coded)
+        sym[order] = coded
+        m = mean_int.shape[0]
+        y = sym.reshape(-1, h, w).astype(np.float32)
+        y[:m] = (sym.reshape(-1, h, w)[:m] + mean_int[:, :h, :w] / 2**A_FRAC_BITS).astype(np.float32)
+        return y
+
+
+def _info_bits(idx: np.ndarray, pmf: np.ndarray) -> float:
+    """Information content of symbols ``idx`` under the integer table ``pmf``."""
+    counts = np.bincount(idx, minlength=pmf.size)
+    return float(counts @ -np.log2(pmf / 2**PMF_TOTAL_BITS))

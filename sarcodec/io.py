@@ -153,23 +153,36 @@ def atomic_output(dst: str | Path, force: bool = False, src: str | Path | None =
         raise
 
 
+COMPRESSIONS = ("none", "deflate", "zstd", "lzw")
+
+
 @contextlib.contextmanager
-def create_geotiff(path: Path, meta: dict, width: int, height: int) -> Iterator:
-    """Open a GeoTIFF for writing with ``meta`` (Header fields) applied."""
+def create_geotiff(path: Path, meta: dict, width: int, height: int, compress: str = "none") -> Iterator:
+    """Open a tiled GeoTIFF for writing with ``meta`` (Header fields) applied.
+
+    ``compress`` is the GeoTIFF's own (lossless) compression of the decoded values; ``none`` by
+    default, as decoded speckle barely compresses (deflate: -2.5 % on a decoded 16-bit scene, at
+    13x the write time).  Compressed outputs use all cores.
+    """
     rasterio = _rasterio()
     from rasterio.control import GroundControlPoint
     from rasterio.crs import CRS
     from rasterio.transform import Affine
 
+    if compress not in COMPRESSIONS:
+        raise InputError(f"unknown compression {compress!r}; choose one of {', '.join(COMPRESSIONS)}")
     profile = {
         "driver": "GTiff",
         "width": width,
         "height": height,
         "count": meta["bands"],
         "dtype": meta["dtype"],
-        "compress": "deflate",
         "BIGTIFF": "IF_SAFER",
     }
+    if compress != "none":
+        profile.update(compress=compress, num_threads="ALL_CPUS")
+        if compress == "deflate":
+            profile["zlevel"] = 1
     if width >= 256 and height >= 256:
         profile.update(tiled=True, blockxsize=256, blockysize=256)
     if meta.get("nodata") is not None:
@@ -214,9 +227,17 @@ def read_window(ds, band: int, row0: int, row1: int, col0: int, col1: int) -> np
 
 
 def read_sample(ds, band: int, max_pixels: int) -> np.ndarray:
-    """The whole band, or a nearest-neighbour decimation of it with at most ``max_pixels``."""
+    """The whole band, or every k-th pixel of every k-th row (at most ``max_pixels``).
+
+    Read in strips of full rows: GDAL's decimating ``out_shape`` read is an order of magnitude
+    slower on compressed tiled GeoTIFFs (17 s vs 0.3 s for 4096 x 4096 deflate), and only one strip
+    is in memory at a time.
+    """
+    import math
+
     if ds.width * ds.height <= max_pixels:
         return ds.read(band + 1)
-    f = (ds.width * ds.height / max_pixels) ** 0.5
-    shape = (max(1, int(ds.height / f)), max(1, int(ds.width / f)))
-    return ds.read(band + 1, out_shape=shape)
+    k = math.ceil(math.sqrt(ds.width * ds.height / max_pixels))
+    strip = max(k, (2048 // k) * k)  # rows per read, a multiple of k so the row phase stays fixed
+    parts = [read_window(ds, band, r, min(r + strip, ds.height), 0, ds.width)[::k, ::k] for r in range(0, ds.height, strip)]
+    return np.concatenate(parts)

@@ -14,6 +14,15 @@ Layout follows the CompressAI separation of *transforms* and *entropy models*:
 
 Cheap by design (2 CPU cores): pixel-unshuffle stem, 3x3 convolutions, bottleneck residual
 blocks and pixel-shuffle upsampling.  ``count_macs`` measures the cost per pixel.
+
+Two architectures share these classes (``ModelConfig.transform``):
+
+* ``lapped16`` (default model): 16x16 lapped transform + nonlinear residual branches, latent at
+  1/16 resolution, full mean-scale hyper-synthesis.
+* ``lot8`` (fast preset, ``ModelConfig.fast()``): the separable lapped transform of
+  ``sarcodec.lot`` alone (latent: 64 coefficients at 1/8 resolution), a small hyper-analysis and a
+  ``macro`` hyper-synthesis head (a scale per channel per 4x4 blocks, a mean for the DC).  Its
+  inference runs in numpy (``sarcodec.fast``).
 """
 from __future__ import annotations
 
@@ -24,18 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Fixed-point formats of the integer hyper-synthesis (shared with sarcodec.entropy).
-W_FRAC_BITS = 12  # weights and biases in units of 2**-12 (biases: 2**-(12+8))
-A_FRAC_BITS = 8  # activations in units of 2**-8
-A_MAX = 4096.0  # activation clamp (float units) -> keeps integer sums far below 2**53
-
-Z_RADIUS = 48  # hyper-latent symbols are clamped to [-Z_RADIUS, Z_RADIUS] (training and coding)
-MEAN_GAIN = 16  # h_s outputs are multiplied by these (integer) gains, so Adam's small steps move
-SIDX_GAIN = 8  # means and scale indices fast enough; the integer path multiplies after rounding
-
-SCALE_MIN = 0.11
-SCALE_MAX = 256.0
-NUM_SCALES = 64
+from . import lot
+from .entropy import (  # noqa: F401 - fixed-point formats and scale table, re-exported
+    A_FRAC_BITS, A_MAX, MACRO, MEAN_GAIN, NUM_SCALES, SCALE_MAX, SCALE_MIN, SIDX_GAIN, W_FRAC_BITS, Z_RADIUS,
+)
 
 
 @dataclass
@@ -52,9 +53,26 @@ class ModelConfig:
     lambdas: list[float] = field(
         default_factory=lambda: [0.0003, 0.00064, 0.00136, 0.0029, 0.0062, 0.0132, 0.028, 0.06]
     )
+    transform: str = "lapped16"  # or "lot8" (fast preset)
+    hs_head: str = "full"  # or "macro" (see sarcodec.entropy.IntHyperSynthesis)
+    skip_min_scale: bool = False  # do not code latents whose scale index is 0 (fast preset)
+
+    @classmethod
+    def fast(cls) -> "ModelConfig":
+        """The fast preset: numpy-only inference, ~100 MACs per pixel in all."""
+        return cls(latent=64, hyper=16, hyper_hidden=32, transform="lot8", hs_head="macro", skip_min_scale=True)
+
+    @property
+    def stride(self) -> int:
+        """Pixels per latent position along each axis."""
+        return lot.B if self.transform == "lot8" else BLOCK
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.transform == "lapped16":  # the fields added with the fast preset keep their defaults
+            for k in ("transform", "hs_head", "skip_min_scale"):  # out of older models' ids
+                d.pop(k)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
@@ -172,6 +190,46 @@ class Synthesis(nn.Module):
         return self.lapped(y) + self.net(y)
 
 
+class LotAnalysis(nn.Module):
+    """Fast preset g_a: the separable lapped transform of ``sarcodec.lot`` (starts as the 8x8 DCT)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.from_numpy(lot.init_bases()[0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return lot.analysis(x[:, 0], self.a)
+
+
+class LotSynthesis(nn.Module):
+    """Fast preset g_s: overlap-add synthesis with its own learned basis (starts as the inverse DCT)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.s = nn.Parameter(torch.from_numpy(lot.init_bases()[1]))
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return lot.synthesis(y, self.s)[:, None] + self.bias
+
+
+class FastHyperAnalysis(nn.Module):
+    """Fast preset h_a: (DC, |AC|) of 4x4 blocks -> z at 1/32 resolution (encoder only, float)."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        h = cfg.hyper_hidden
+        self.patch = nn.Conv2d(cfg.latent, h, MACRO, stride=MACRO)
+        self.mix = conv(h, h, 3)
+        self.out = conv(h, cfg.hyper, 1)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        f = torch.cat([y[:, :1], y[:, 1:].abs()], dim=1)
+        x = F.leaky_relu(self.patch(f), 0.1)
+        x = F.leaky_relu(self.mix(x), 0.1)
+        return self.out(x)
+
+
 class HyperAnalysis(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -213,20 +271,34 @@ class HyperSynthesis(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         h = cfg.hyper_hidden
-        self.convs = nn.ModuleList(
-            [
-                QConv(cfg.hyper, h, 3, padding=1),
-                QConv(h, 4 * h, 3, padding=1),  # -> shuffle x2
-                QConv(h, 4 * h, 3, padding=1),  # -> shuffle x2
-                QConv(h, h, 3, padding=1),
-                QConv(h, 2 * cfg.latent, 1, padding=0),
-            ]
-        )
-        self.shuffle_after = (False, True, True, False, False)
+        self.latent = cfg.latent
+        self.head = cfg.hs_head
+        if self.head == "macro":
+            self.convs = nn.ModuleList(
+                [
+                    QConv(cfg.hyper, h, 3, padding=1),
+                    QConv(h, h, 1, padding=0),
+                    QConv(h, cfg.latent + MACRO**2, 1, padding=0),  # scale indices, then 4x4 DC means
+                ]
+            )
+            self.shuffle_after = (False, False, False)
+            sidx_bias = slice(0, cfg.latent)
+        else:
+            self.convs = nn.ModuleList(
+                [
+                    QConv(cfg.hyper, h, 3, padding=1),
+                    QConv(h, 4 * h, 3, padding=1),  # -> shuffle x2
+                    QConv(h, 4 * h, 3, padding=1),  # -> shuffle x2
+                    QConv(h, h, 3, padding=1),
+                    QConv(h, 2 * cfg.latent, 1, padding=0),
+                ]
+            )
+            self.shuffle_after = (False, True, True, False, False)
+            sidx_bias = slice(cfg.latent, None)
         # start with scale index 16 (sigma ~0.8)
         nn.init.constant_(self.convs[-1].bias, 0.0)
         with torch.no_grad():
-            self.convs[-1].bias[cfg.latent :] = 16.0 / SIDX_GAIN
+            self.convs[-1].bias[sidx_bias] = 16.0 / SIDX_GAIN
 
     def forward(self, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = z_hat
@@ -237,7 +309,12 @@ class HyperSynthesis(nn.Module):
                 x = F.pixel_shuffle(x, 2)
             if i < n - 1:
                 x = qrelu(x)
-        mean, sidx = x.chunk(2, dim=1)
+        if self.head == "macro":
+            sidx = x[:, : self.latent].repeat_interleave(MACRO, 2).repeat_interleave(MACRO, 3)
+            dc = F.pixel_shuffle(x[:, self.latent :], MACRO)
+            mean = torch.cat([dc, torch.zeros_like(sidx[:, 1:])], dim=1)
+        else:
+            mean, sidx = x.chunk(2, dim=1)
         # the integer path applies the output gains to the integer accumulator, then rounds the mean
         # to the activation grid
         mean = _ste_round(mean * MEAN_GAIN * 2**A_FRAC_BITS) / 2**A_FRAC_BITS
@@ -321,9 +398,12 @@ class SarCodecModel(nn.Module):
     def __init__(self, cfg: ModelConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg or ModelConfig()
-        self.g_a = Analysis(self.cfg)
-        self.g_s = Synthesis(self.cfg)
-        self.h_a = HyperAnalysis(self.cfg)
+        fast = self.cfg.transform == "lot8"
+        if self.cfg.transform not in ("lapped16", "lot8"):
+            raise ValueError(f"unknown transform {self.cfg.transform!r}")
+        self.g_a = LotAnalysis(self.cfg) if fast else Analysis(self.cfg)
+        self.g_s = LotSynthesis(self.cfg) if fast else Synthesis(self.cfg)
+        self.h_a = FastHyperAnalysis(self.cfg) if fast else HyperAnalysis(self.cfg)
         self.h_s = HyperSynthesis(self.cfg)
         self.prior = FactorizedPrior(self.cfg.hyper)
         self.gains = GainUnits(self.cfg)
@@ -341,6 +421,8 @@ class SarCodecModel(nn.Module):
         mean, sidx = self.h_s(z_hat)
         scale = index_to_scale(sidx)
         y_hat = _ste_round(y - mean) + mean
+        if self.cfg.skip_min_scale:  # not coded where the scale index rounds to 0: y_hat = mean
+            y_hat = torch.where(sidx < 0.5, mean, y_hat)
         if noise:
             z_r = z + torch.empty_like(z).uniform_(-0.5, 0.5)
             y_r = y + torch.empty_like(y).uniform_(-0.5, 0.5)
@@ -353,8 +435,16 @@ class SarCodecModel(nn.Module):
 
 
 def count_macs(module: nn.Module, shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass of ``module`` on an input of ``shape``."""
+    """Multiply-accumulates of one forward pass of ``module`` on an input of ``shape``.
+
+    Convolutions are counted by hook; the separable lapped transform as 2 x 16 MACs per pixel.
+    """
     total = 0
+    for m in module.modules():
+        if isinstance(m, LotAnalysis):
+            total += 2 * 16 * shape[-1] * shape[-2]
+        elif isinstance(m, LotSynthesis):
+            total += 2 * 16 * shape[-1] * shape[-2] * lot.B * lot.B
 
     def hook(m: nn.Module, inp: tuple, out: torch.Tensor) -> None:
         nonlocal total

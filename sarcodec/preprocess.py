@@ -18,6 +18,7 @@ uint16 input, and ``identity`` for uint8/int16.  ``--domain`` overrides it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -36,7 +37,12 @@ class BandMapping:
     floor: float = 0.0  # log domain: smallest positive value (values below map to it)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["factor"] == 10.0:  # defaults left out (from_dict restores them)
+            del d["factor"]
+        if d["floor"] == 0.0:
+            del d["floor"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "BandMapping":
@@ -69,6 +75,16 @@ class BandMapping:
         d = u.astype(np.float64) * (self.hi - self.lo) + self.lo
         if self.domain == "log":
             return np.power(10.0, d / self.factor)
+        return d
+
+    def inverse32(self, u: np.ndarray) -> np.ndarray:
+        """``inverse`` in float32 (the decoder's path: ~4x faster; relative error ~1e-6, far below
+        the coding error, and below 0.1 of a unit for 16-bit integers)."""
+        a = np.float32(self.hi - self.lo)
+        b = np.float32(self.lo)
+        d = u.astype(np.float32, copy=False) * a + b
+        if self.domain == "log":
+            return np.exp(d * np.float32(math.log(10.0) / self.factor))
         return d
 
     def to_db(self, v: np.ndarray) -> np.ndarray:
@@ -107,7 +123,7 @@ def fit_mapping(dtype: np.dtype, sample: np.ndarray, domain: str) -> BandMapping
         pos = s[s > 0]
         if pos.size == 0:
             return BandMapping("log", 0.0, 1.0, factor, 1.0)
-        floor = float(pos.min())
+        floor = float(f"{pos.min():.4g}")  # a clamp far below the 0.01 % percentile: 4 digits suffice
         d = factor * np.log10(pos)
     else:
         factor, floor = 10.0, 0.0
@@ -115,7 +131,7 @@ def fit_mapping(dtype: np.dtype, sample: np.ndarray, domain: str) -> BandMapping
     if d.size == 0:
         return BandMapping(domain, 0.0, 1.0, factor, floor if domain == "log" else 0.0)
     lo, hi = np.percentile(d, [LOW_PCT, HIGH_PCT])
-    lo, hi = float(lo), float(hi)
+    lo, hi = round(float(lo), 3), round(float(hi), 3)  # dB: 0.001 dB steps keep the header short
     if not hi > lo:
         hi = lo + 1.0
     return BandMapping(domain, lo, hi, factor, floor)

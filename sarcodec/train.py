@@ -182,7 +182,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
 
     out = Path(cfg.out)
     ckpt_path = out.with_suffix(".ckpt")
-    model_cfg = ModelConfig.from_dict(cfg.model) if cfg.model else ModelConfig()
+    if cfg.model.get("preset") == "fast":
+        model_cfg = ModelConfig.fast()
+    else:
+        model_cfg = ModelConfig.from_dict(cfg.model) if cfg.model else ModelConfig()
     if cfg.init and not (cfg.resume and ckpt_path.exists()):
         from .weights import training_model_from_weights
 

@@ -10,27 +10,38 @@ with ``torch.load(weights_only=True)``:
 * ``z_pmf``, ``y_pmf``, ``y_radius``: the integer probability tables;
 * ``model_id``: 16 hex digits of a SHA-256 over all of the above.  Every ``.sarc`` file records it,
   and decode refuses a file made with other weights, naming the model it needs.
+
+The same dict can also be stored as a pickle-free ``.npz`` (numpy only): the fast preset ships that
+way so that encode/decode with it never import torch.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from .entropy import EntropyCoder, IntHyperSynthesis, build_y_tables, build_z_tables
-from .model import Analysis, GainUnits, HyperAnalysis, ModelConfig, SarCodecModel, Synthesis
+from .entropy import EntropyCoder, IntHyperSynthesis, output_gains
+from .runtime import CodecModel, LotModel, TorchModel
+
+if TYPE_CHECKING:
+    from .model import SarCodecModel
 
 FORMAT = "sarcodec-weights"
 DEFAULT_MODEL = "sarcodec-hp1.pt"
+PRESETS = {"default": DEFAULT_MODEL, "fast": "sarcodec-fast1.npz"}
 FLOAT_PARTS = ("g_a", "g_s", "h_a", "gains")
+SUFFIXES = (".pt", ".npz")
 
 
 class WeightsError(ValueError):
     pass
+
+
+def _np(t) -> np.ndarray:
+    return t.contiguous().numpy() if hasattr(t, "contiguous") else np.ascontiguousarray(t)
 
 
 def _model_id(blob: dict) -> str:
@@ -38,139 +49,231 @@ def _model_id(blob: dict) -> str:
     h.update(json.dumps(blob["config"], sort_keys=True).encode())
     for group in ("float", "int"):
         for k in sorted(blob[group]):
-            t = blob[group][k].contiguous()
+            t = blob[group][k]
             h.update(f"{group}/{k}/{t.dtype}/{tuple(t.shape)}".encode())
-            h.update(t.numpy().tobytes())
+            h.update(_np(t).tobytes())
     for k in ("z_pmf", "y_pmf", "y_radius"):
-        h.update(blob[k].numpy().tobytes())
+        h.update(_np(blob[k]).tobytes())
     for k in sorted(blob.get("prior", {})):
-        h.update(blob["prior"][k].numpy().tobytes())
+        h.update(_np(blob["prior"][k]).tobytes())
     return h.hexdigest()[:16]
 
 
-def export(model: SarCodecModel, path: str | Path, meta: dict | None = None) -> str:
-    """Write the deployable weights of ``model`` to ``path``; returns the model id."""
+def _save_npz(blob: dict, path: Path) -> None:
+    """Flat, pickle-free numpy archive: ``group/key`` arrays, strings and the config as JSON."""
+    flat = {}
+    for k, v in blob.items():
+        if isinstance(v, dict) and k != "config":
+            flat.update({f"{k}/{kk}": np.asarray(vv) for kk, vv in v.items()})
+        elif k == "config":
+            flat[k] = np.array(json.dumps(v, sort_keys=True))
+        else:
+            flat[k] = np.asarray(v)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **flat)
+
+
+def _load_npz(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        blob: dict = {}
+        for k in z.files:
+            if "/" in k:
+                g, kk = k.split("/", 1)
+                blob.setdefault(g, {})[kk] = z[k]
+            else:
+                v = z[k]
+                blob[k] = v.item() if v.ndim == 0 and v.dtype.kind in "UO" else v
+        blob["config"] = json.loads(blob["config"])
+        for k in ("version",):
+            blob[k] = int(blob[k])
+        for g in ("float", "int", "prior"):
+            blob.setdefault(g, {})
+    return blob
+
+
+def export(model: "SarCodecModel", path: str | Path, meta: dict | None = None) -> str:
+    """Write the deployable weights of ``model`` to ``path`` (``.pt``: torch, ``.npz``: numpy); returns the model id."""
+    import torch
+
+    from .entropy import build_y_tables, build_z_tables
+
+    path = Path(path)
     model = model.cpu().eval()
+    fast = model.cfg.transform == "lot8"
     floats = {}
     for part in FLOAT_PARTS:
         for k, t in getattr(model, part).state_dict().items():
-            floats[f"{part}.{k}"] = t.detach().to(torch.float32 if part == "gains" else torch.float16)
-    ihs = IntHyperSynthesis.from_float(model.h_s, model.cfg.latent)
+            floats[f"{part}.{k}"] = t.detach().to(torch.float32 if part == "gains" or fast else torch.float16)
+    ihs = IntHyperSynthesis.from_float(model.h_s, model.cfg.latent, model.cfg.hs_head)
     y_pmf, y_radius = build_y_tables()
     blob = {
         "format": FORMAT,
         "version": 1,
-        "name": Path(path).stem,
+        "name": path.stem,
         "config": model.cfg.to_dict(),
         "meta": json.dumps(meta or {}, sort_keys=True, default=str),
         "float": floats,
-        "int": ihs.state(),
+        "int": {k: torch.from_numpy(v) for k, v in ihs.state().items()},
         "z_pmf": torch.from_numpy(build_z_tables(model.prior, model.cfg.hyper)),
         "y_pmf": torch.from_numpy(y_pmf),
         "y_radius": torch.from_numpy(y_radius),
         # not needed to code; lets `sarcodec train --init` continue training from this file
         "prior": {k: t.detach().float() for k, t in model.prior.state_dict().items()},
     }
-    blob["model_id"] = _model_id(blob)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(blob, tmp)
+    if path.suffix == ".npz":
+        blob = {k: ({kk: _np(vv) for kk, vv in v.items()} if isinstance(v, dict) and k != "config" else
+                    (_np(v) if hasattr(v, "contiguous") else v)) for k, v in blob.items()}
+        blob["model_id"] = _model_id(blob)
+        _save_npz(blob, tmp)
+    else:
+        blob["model_id"] = _model_id(blob)
+        torch.save(blob, tmp)
     tmp.replace(path)
     return blob["model_id"]
 
 
-@dataclass
-class CodecModel:
-    """Everything encode/decode need, loaded from one weights file."""
-
-    name: str
-    model_id: str
-    cfg: ModelConfig
-    meta: dict
-    g_a: Analysis
-    g_s: Synthesis
-    h_a: HyperAnalysis
-    gains: GainUnits
-    coder: EntropyCoder
-
-
-def default_weights_path() -> Path:
-    try:
-        from importlib.resources import files
-
-        p = Path(str(files("sarcodec.bundled_weights") / DEFAULT_MODEL))
-        if p.is_file():
-            return p
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parent.parent / "weights" / DEFAULT_MODEL
-
-
-def load(path: str | Path | None = None) -> CodecModel:
-    """Load a weights file (default: the shipped model)."""
-    path = Path(path) if path is not None else default_weights_path()
+def _read_blob(path: Path) -> dict:
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is a bad weights file
+        if path.suffix == ".npz":
+            blob = _load_npz(path)
+        else:
+            import torch
+
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling/unzipping failure is a bad weights file
         raise WeightsError(f"cannot read weights file {path}: {e}") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise WeightsError(f"{path} is not a sarcodec weights file")
     if _model_id(blob) != blob["model_id"]:
         raise WeightsError(f"{path} is corrupt (model id mismatch)")
-    cfg = ModelConfig.from_dict(blob["config"])
-    parts = {"g_a": Analysis(cfg), "g_s": Synthesis(cfg), "h_a": HyperAnalysis(cfg), "gains": GainUnits(cfg)}
+    return blob
+
+
+def bundled_dir() -> Path:
+    try:
+        from importlib.resources import files
+
+        p = Path(str(files("sarcodec.bundled_weights")))
+        if (p / DEFAULT_MODEL).is_file():
+            return p
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parent.parent / "weights"
+
+
+def default_weights_path(preset: str = "default") -> Path:
+    if preset not in PRESETS:
+        raise WeightsError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return bundled_dir() / PRESETS[preset]
+
+
+def bundled_path(name: str) -> Path | None:
+    """The shipped weights file called ``name`` (a model name as recorded in .sarc headers), if any."""
+    for suffix in SUFFIXES:
+        p = bundled_dir() / (name + suffix)
+        if p.is_file():
+            return p
+    return None
+
+
+class _Config:
+    """Architecture facts the runtime needs, without importing torch (mirrors ModelConfig)."""
+
+    def __init__(self, d: dict) -> None:
+        self.latent = int(d.get("latent", 256))
+        self.hyper = int(d.get("hyper", 64))
+        self.qualities = int(d.get("qualities", 8))
+        self.lambdas = list(d.get("lambdas", []))
+        self.transform = d.get("transform", "lapped16")
+        self.hs_head = d.get("hs_head", "full")
+        self.skip_min_scale = bool(d.get("skip_min_scale", False))
+        self.raw = dict(d)
+
+    @property
+    def stride(self) -> int:
+        return 8 if self.transform == "lot8" else 16
+
+    def to_dict(self) -> dict:
+        return dict(self.raw)
+
+
+def load(path: str | Path | None = None, preset: str = "default") -> CodecModel:
+    """Load a weights file (default: the shipped model of ``preset``)."""
+    path = Path(path) if path is not None else default_weights_path(preset)
+    blob = _read_blob(path)
+    cfg = _Config(blob["config"])
+    ihs = IntHyperSynthesis.from_state(blob["int"], cfg.latent)
+    coder = EntropyCoder(ihs, _np(blob["z_pmf"]), _np(blob["y_pmf"]), _np(blob["y_radius"]), cfg.skip_min_scale)
+    n_int = sum(int(np.prod(layer.weight.shape)) + layer.bias.size for layer in ihs.layers)
+    common = dict(name=str(blob["name"]), model_id=str(blob["model_id"]), meta=json.loads(str(blob["meta"])), coder=coder)
+    if cfg.transform == "lot8":
+        params = {k: _np(v).astype(np.float32) for k, v in blob["float"].items()}
+        n = sum(v.size for v in params.values()) + n_int
+        return LotModel(cfg=cfg, stride=8, halo_px=8, halo_lat=1, n_params=n, params=params, **common)
+    if cfg.transform != "lapped16":
+        raise WeightsError(f"{path}: unknown transform {cfg.transform!r} (newer sarcodec needed?)")
+    from .model import Analysis, GainUnits, HyperAnalysis, ModelConfig, Synthesis
+
+    mcfg = ModelConfig.from_dict(blob["config"])
+    parts = {"g_a": Analysis(mcfg), "g_s": Synthesis(mcfg), "h_a": HyperAnalysis(mcfg), "gains": GainUnits(mcfg)}
     for name, mod in parts.items():
         sd = {k[len(name) + 1 :]: v.float() for k, v in blob["float"].items() if k.startswith(name + ".")}
         mod.load_state_dict(sd)
         mod.eval()
         for p in mod.parameters():
             p.requires_grad_(False)
-    ihs = IntHyperSynthesis.from_state(blob["int"], cfg.latent)
-    coder = EntropyCoder(ihs, blob["z_pmf"].numpy(), blob["y_pmf"].numpy(), blob["y_radius"].numpy())
-    return CodecModel(str(blob["name"]), str(blob["model_id"]), cfg, json.loads(blob["meta"]), coder=coder, **parts)
+    n = sum(p.numel() for m in parts.values() for p in m.parameters()) + n_int
+    return TorchModel(cfg=mcfg, stride=16, halo_px=64, halo_lat=4, n_params=n, modules=parts, **common)
 
 
-def load_checkpoint_model(ckpt: str | Path, best: bool = True) -> SarCodecModel:
+def load_checkpoint_model(ckpt: str | Path, best: bool = True) -> "SarCodecModel":
     """The float training model from a ``.ckpt`` written by ``sarcodec train``."""
+    import torch
+
+    from .model import ModelConfig, SarCodecModel
+
     ck = torch.load(ckpt, map_location="cpu", weights_only=True)
     model = SarCodecModel(ModelConfig.from_dict(ck["model_config"]))
     model.load_state_dict(ck["best_model"] if best and "best_model" in ck else ck["model"])
     return model.eval()
 
 
-def training_model_from_weights(path: str | Path) -> SarCodecModel:
+def training_model_from_weights(path: str | Path) -> "SarCodecModel":
     """Rebuild the float training model from an exported file (to continue training from it).
 
-    Float parts come from their float16 copies, the hyper-synthesis from its exact fixed-point
+    Float parts come from their stored copies, the hyper-synthesis from its exact fixed-point
     weights (the training model's fake-quantised values), the prior from its stored parameters.
     """
-    from .model import MEAN_GAIN, SIDX_GAIN, W_FRAC_BITS, A_FRAC_BITS
+    import torch
 
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    if blob.get("format") != FORMAT or "prior" not in blob:
-        raise WeightsError(f"{path} cannot seed training (not a sarcodec weights file with training parameters)")
+    from .entropy import A_FRAC_BITS, W_FRAC_BITS
+    from .model import ModelConfig, SarCodecModel
+
+    blob = _read_blob(Path(path))
+    if not blob.get("prior"):
+        raise WeightsError(f"{path} cannot seed training (no training parameters stored)")
     cfg = ModelConfig.from_dict(blob["config"])
     model = SarCodecModel(cfg)
+    t = lambda v: torch.from_numpy(_np(v).astype(np.float32))  # noqa: E731
     for part in FLOAT_PARTS:
-        getattr(model, part).load_state_dict({k[len(part) + 1 :]: v.float() for k, v in blob["float"].items() if k.startswith(part + ".")})
+        getattr(model, part).load_state_dict({k[len(part) + 1 :]: t(v) for k, v in blob["float"].items() if k.startswith(part + ".")})
     ihs = IntHyperSynthesis.from_state(blob["int"], cfg.latent)
     n = len(ihs.layers)
+    g = output_gains(cfg.latent, cfg.hs_head).astype(np.float64)
     with torch.no_grad():
         for i, (conv, layer) in enumerate(zip(model.h_s.convs, ihs.layers)):
             w, b = layer.weight.astype(np.float64), layer.bias.astype(np.float64)
             if i == n - 1:
-                g = np.array([MEAN_GAIN] * cfg.latent + [SIDX_GAIN] * cfg.latent, dtype=np.float64)
                 w, b = w / g[:, None, None, None], b / g
             conv.weight.copy_(torch.from_numpy(w / 2**W_FRAC_BITS))
             conv.bias.copy_(torch.from_numpy(b / 2 ** (W_FRAC_BITS + A_FRAC_BITS)))
-    model.prior.load_state_dict(blob["prior"])
+    model.prior.load_state_dict({k: t(v) for k, v in blob["prior"].items()})
     return model
 
 
 def param_count(model: CodecModel) -> int:
-    n = sum(p.numel() for m in (model.g_a, model.g_s, model.h_a, model.gains) for p in m.parameters())
-    n += sum(int(np.prod(layer.weight.shape)) + layer.bias.size for layer in model.coder.hs.layers)
-    return n
+    return model.n_params

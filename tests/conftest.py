@@ -21,11 +21,12 @@ def need(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def model():
+@pytest.fixture(scope="session", params=["default", "fast"])
+def model(request):
+    """Each shipped model in turn: the tests that take ``model`` run for both presets."""
     import sarcodec
 
-    return sarcodec.load_model()
+    return sarcodec.load_model(preset=request.param)
 
 
 @pytest.fixture(scope="session")

@@ -171,3 +171,23 @@ def test_several_inputs_to_directory(tmp_path):
     r = run_cli("decode", tmp_path / "enc", tmp_path / "dec", "--json")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "dec").iterdir()) == sorted(s.stem + ".tif" for s in srcs)
+
+
+def test_decode_output_compression_option(encoded, tmp_path):
+    out, _ = encoded
+    r = run_cli("decode", out, tmp_path / "plain.tif")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("decode", out, tmp_path / "z.tif", "--compress", "deflate")
+    assert r.returncode == 0, r.stderr
+    with rasterio.open(tmp_path / "plain.tif") as a, rasterio.open(tmp_path / "z.tif") as b:
+        assert a.compression is None and b.compression.name.lower() == "deflate"
+        assert np.array_equal(a.read(), b.read()) and a.crs == b.crs and a.transform == b.transform
+    r = run_cli("decode", out, tmp_path / "bad.tif", "--compress", "rar")
+    assert_clean_failure(r, 2, "compression")
+    assert not (tmp_path / "bad.tif").exists()
+
+
+def test_unknown_preset_is_a_clean_error(s1_file, tmp_path):
+    r = run_cli("encode", s1_file, tmp_path / "o.sarc", "--preset", "turbo")
+    assert_clean_failure(r, 1, "preset")
+    assert not (tmp_path / "o.sarc").exists()

@@ -1,7 +1,9 @@
 """Bit-exact entropy decoding across floating-point kernels and thread counts; deterministic encoding.
 
 The decoder runs in a subprocess with ``DNNL_MAX_CPU_ISA=SSE41 ATEN_CPU_CAPABILITY=default
-OMP_NUM_THREADS=1``, which makes torch's convolutions take other code paths with other rounding.
+OMP_NUM_THREADS=1 OPENBLAS_CORETYPE=Nehalem OPENBLAS_NUM_THREADS=1``, which makes torch's
+convolutions and numpy's matrix products (the fast preset, the integer hyper-synthesis) take other
+code paths with other rounding.
 The entropy-decoded latents (symbols + integer means) must be bit-identical; the image may differ
 only by float noise in the synthesis transform.
 """
@@ -19,10 +21,11 @@ from sarcodec.codec import decode_latents
 
 from .conftest import EVAL, need
 
-OTHER_KERNELS = {"DNNL_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"}
+OTHER_KERNELS = {"DNNL_MAX_CPU_ISA": "SSE41", "ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1",
+                 "OPENBLAS_CORETYPE": "Nehalem", "OPENBLAS_NUM_THREADS": "1"}
 
 SCRIPT = r"""
-import hashlib, sys, numpy as np, torch
+import hashlib, os, sys, numpy as np
 import sarcodec
 from sarcodec.codec import decode_latents
 data = open(sys.argv[1], "rb").read()
@@ -33,12 +36,12 @@ if mode == "decode":
         h.update(np.ascontiguousarray(y).tobytes())
     img, _ = sarcodec.decode_array(data)
     np.save(sys.argv[3], img)
-    print(h.hexdigest(), torch.get_num_threads())
 else:
-    import rasterio
     arr = np.load(sys.argv[3])
-    out = sarcodec.encode_array(arr, 4)
-    print(hashlib.sha256(out).hexdigest(), torch.get_num_threads())
+    out = sarcodec.encode_array(arr, 4, model=sarcodec.load_model(preset=sys.argv[4]))
+    h = hashlib.sha256(out)
+threads = sys.modules["torch"].get_num_threads() if "torch" in sys.modules else int(os.environ["OMP_NUM_THREADS"])
+print(h.hexdigest(), threads)
 """
 
 
@@ -74,11 +77,15 @@ def coded(mosaic, tmp_path_factory, model):
     for y in decode_latents(data, model=model):
         h.update(np.ascontiguousarray(y).tobytes())
     img, _ = sarcodec.decode_array(data, model=model)
-    return d, path, data, h.hexdigest(), img
+    return d, path, data, h.hexdigest(), img, model
+
+
+def preset_of(coded) -> str:
+    return "fast" if coded[-1].cfg.transform == "lot8" else "default"
 
 
 def test_decode_bit_exact_under_other_float_kernels(coded):
-    d, path, data, digest, img = coded
+    d, path, data, digest, img, _ = coded
     other_digest, threads = run_py([path, "decode", d / "other.npy"], OTHER_KERNELS)
     assert threads == "1"
     assert other_digest == digest  # identical symbols and entropy-model state
@@ -89,17 +96,17 @@ def test_decode_bit_exact_under_other_float_kernels(coded):
 
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_decode_same_with_one_or_two_threads(coded, threads):
-    d, path, data, digest, img = coded
-    got, n = run_py([path, "decode", d / f"t{threads}.npy"], {"OMP_NUM_THREADS": threads})
+    d, path, data, digest, img, _ = coded
+    got, n = run_py([path, "decode", d / f"t{threads}.npy"], {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads})
     assert n == threads and got == digest
     other = np.load(d / f"t{threads}.npy")
     assert np.abs(other.astype(int) - img.astype(int)).max() <= 1
 
 
 def test_encode_same_bytes_across_thread_counts(coded, mosaic):
-    d, path, data, digest, img = coded
+    d, path, data, digest, img, _ = coded
     np.save(d / "src.npy", mosaic)
     want = hashlib.sha256(data).hexdigest()
     for threads in ("1", "2"):
-        got, n = run_py([path, "encode", d / "src.npy"], {"OMP_NUM_THREADS": threads})
+        got, n = run_py([path, "encode", d / "src.npy", preset_of(coded)], {"OMP_NUM_THREADS": threads, "OPENBLAS_NUM_THREADS": threads})
         assert got == want, f"encode with {threads} thread(s) gave other bytes"

@@ -1,0 +1,120 @@
+"""Inference-side models: the four operations encode/decode need, for both architectures.
+
+``sarcodec.codec`` only calls ``analysis`` (normalised image -> scaled latent), ``hyper_analysis``
+(latent -> continuous hyper-latent), ``synthesis`` (quantised latent -> image) and the entropy
+``coder``; this module provides them for
+
+* the default model (``lapped16``): the torch modules of ``sarcodec.model``, run under
+  ``inference_mode`` (torch is imported only when such a model is loaded), and
+* the fast preset (``lot8``): numpy only -- the separable lapped transform of ``sarcodec.lot``
+  and a numpy copy of ``FastHyperAnalysis`` -- so encode/decode with it never import torch.
+
+Both take and return numpy float32 arrays; weights come from ``sarcodec.weights``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import lot
+from .entropy import MACRO, EntropyCoder, im2col
+
+LOG_GAIN_RATE = 10.0  # GainUnits stores log-gains divided by this (sarcodec.model)
+
+
+@dataclass
+class CodecModel:
+    """Everything encode/decode need, loaded from one weights file."""
+
+    name: str
+    model_id: str
+    cfg: "object"  # sarcodec.model.ModelConfig (kept untyped here: that module imports torch)
+    meta: dict
+    coder: EntropyCoder
+    stride: int  # pixels per latent position
+    halo_px: int  # analysis context beyond a tile (pixels, a multiple of the stride)
+    halo_lat: int  # synthesis context beyond a tile (latent positions)
+    n_params: int = 0
+
+    def analysis(self, u: np.ndarray, quality: int) -> np.ndarray:
+        """u: (H, W) float32, multiples of the stride -> y (M, H/stride, W/stride) times the quality gain."""
+        raise NotImplementedError
+
+    def hyper_analysis(self, y: np.ndarray) -> np.ndarray:
+        """y: (M, h, w), multiples of 4 -> continuous z (Cz, h/4, w/4)."""
+        raise NotImplementedError
+
+    def synthesis(self, y_hat: np.ndarray, quality: int) -> np.ndarray:
+        """Quantised y (M, h, w) -> normalised image (h*stride, w*stride) float32."""
+        raise NotImplementedError
+
+
+@dataclass
+class TorchModel(CodecModel):
+    """The default model: torch modules g_a, g_s, h_a and the gain units."""
+
+    modules: dict = field(default_factory=dict)
+
+    def analysis(self, u: np.ndarray, quality: int) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            q = torch.tensor([quality - 1])
+            y = self.modules["g_a"](torch.from_numpy(np.ascontiguousarray(u))[None, None]) * self.modules["gains"].gain(q)
+            return y[0].numpy()
+
+    def hyper_analysis(self, y: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.modules["h_a"](torch.from_numpy(np.ascontiguousarray(y))[None])[0].numpy()
+
+    def synthesis(self, y_hat: np.ndarray, quality: int) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            q = torch.tensor([quality - 1])
+            yt = torch.from_numpy(np.ascontiguousarray(y_hat))[None] * self.modules["gains"].igain(q)
+            return self.modules["g_s"](yt)[0, 0].numpy()
+
+
+def _lrelu(x: np.ndarray) -> np.ndarray:
+    return np.where(x > 0, x, np.float32(0.1) * x)
+
+
+def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Stride-1 'same' convolution of (C, h, w) with (Cout, C, k, k) in float32."""
+    _, h, wd = x.shape
+    return (w.reshape(w.shape[0], -1) @ im2col(x, w.shape[-1]) + b[:, None]).reshape(w.shape[0], h, wd)
+
+
+@dataclass
+class LotModel(CodecModel):
+    """The fast preset in numpy: lapped transform, gains, FastHyperAnalysis."""
+
+    params: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        p = {k: np.asarray(v, dtype=np.float32) for k, v in self.params.items()}
+        self.params = p
+        self._gain = np.exp(p["gains.log_gain"].astype(np.float64) * LOG_GAIN_RATE).astype(np.float32)
+        self._igain = np.exp(p["gains.log_igain"].astype(np.float64) * LOG_GAIN_RATE).astype(np.float32)
+
+    def analysis(self, u: np.ndarray, quality: int) -> np.ndarray:
+        y = lot.analysis(np.ascontiguousarray(u, dtype=np.float32), self.params["g_a.a"])
+        return y * self._gain[quality - 1][:, None, None]
+
+    def hyper_analysis(self, y: np.ndarray) -> np.ndarray:
+        p = self.params
+        m, h, w = y.shape
+        f = np.concatenate([y[:1], np.abs(y[1:])]).astype(np.float32)
+        cols = f.reshape(m, h // MACRO, MACRO, w // MACRO, MACRO).transpose(0, 2, 4, 1, 3).reshape(m * MACRO * MACRO, -1)
+        wp = p["h_a.patch.weight"]
+        x = (wp.reshape(wp.shape[0], -1) @ cols + p["h_a.patch.bias"][:, None]).reshape(wp.shape[0], h // MACRO, w // MACRO)
+        x = _lrelu(_conv(_lrelu(x), p["h_a.mix.weight"], p["h_a.mix.bias"]))
+        return _conv(x, p["h_a.out.weight"], p["h_a.out.bias"])
+
+    def synthesis(self, y_hat: np.ndarray, quality: int) -> np.ndarray:
+        y = y_hat * self._igain[quality - 1][:, None, None]
+        return lot.synthesis(y.astype(np.float32), self.params["g_s.s"]) + self.params["g_s.bias"][0]
