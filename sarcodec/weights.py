@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .model import SarCodecModel
 
 FORMAT = "sarcodec-weights"
-DEFAULT_MODEL = "sarcodec-hp1.pt"
+DEFAULT_MODEL = "sarcodec-hp2.pt"
 PRESETS = {"default": DEFAULT_MODEL, "fast": "sarcodec-fast1.npz"}
 FLOAT_PARTS = ("g_a", "g_s", "h_a", "gains")
 SUFFIXES = (".pt", ".npz")
