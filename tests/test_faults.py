@@ -80,7 +80,9 @@ def test_ctrl_c_mid_write_leaves_nothing(tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     p = subprocess.Popen([sys.executable, "-m", "sarcodec.cli", "encode", str(src), str(out_dir / "big.sarc"), "--tile", "64"],
-                         stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         # a shell running us in the background hands down SIGINT ignored; undo that
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not leftovers(out_dir) and time.time() < deadline and p.poll() is None:
         time.sleep(0.02)
