@@ -22,61 +22,21 @@ Two architectures share these classes (``ModelConfig.transform``):
 * ``lot8`` (fast preset, ``ModelConfig.fast()``): the separable lapped transform of
   ``sarcodec.lot`` alone (latent: 64 coefficients at 1/8 resolution), a small hyper-analysis and a
   ``macro`` hyper-synthesis head (a scale per channel per 4x4 blocks, a mean for the DC).  Its
-  inference runs in numpy (``sarcodec.fast``).
+  inference runs in numpy (``sarcodec.runtime``).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import lot
+from .config import BLOCK, LOG_GAIN_RATE, ModelConfig  # noqa: F401 - ModelConfig re-exported
 from .entropy import (  # noqa: F401 - fixed-point formats and scale table, re-exported
     A_FRAC_BITS, A_MAX, MACRO, MEAN_GAIN, NUM_SCALES, SCALE_MAX, SCALE_MIN, SIDX_GAIN, W_FRAC_BITS, Z_RADIUS,
 )
-
-
-@dataclass
-class ModelConfig:
-    """Architecture hyper-parameters; stored in every exported weights file."""
-
-    latent: int = 256  # M: channels of y (one per coefficient of the 16x16 lapped transform)
-    hyper: int = 64  # channels of z
-    hyper_hidden: int = 64
-    c4: int = 64  # channels at 1/4 resolution
-    c8: int = 128  # channels at 1/8 resolution
-    c16: int = 160  # channels at 1/16 resolution
-    qualities: int = 8
-    lambdas: list[float] = field(
-        default_factory=lambda: [0.0003, 0.00064, 0.00136, 0.0029, 0.0062, 0.0132, 0.028, 0.06]
-    )
-    transform: str = "lapped16"  # or "lot8" (fast preset)
-    hs_head: str = "full"  # or "macro" (see sarcodec.entropy.IntHyperSynthesis)
-    skip_min_scale: bool = False  # do not code latents whose scale index is 0 (fast preset)
-
-    @classmethod
-    def fast(cls) -> "ModelConfig":
-        """The fast preset: numpy-only inference, ~100 MACs per pixel in all."""
-        return cls(latent=64, hyper=16, hyper_hidden=32, transform="lot8", hs_head="macro", skip_min_scale=True)
-
-    @property
-    def stride(self) -> int:
-        """Pixels per latent position along each axis."""
-        return lot.B if self.transform == "lot8" else BLOCK
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        if self.transform == "lapped16":  # the fields added with the fast preset keep their defaults
-            for k in ("transform", "hs_head", "skip_min_scale"):  # out of older models' ids
-                d.pop(k)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def scale_table() -> torch.Tensor:
@@ -109,7 +69,6 @@ class ResBlock(nn.Module):
         return x + self.body(x)
 
 
-BLOCK = 16
 DCT_GAIN = 32.0  # analysis scale: a unit quantisation step is 1/32 of the normalised range at gain 1
 
 
@@ -370,7 +329,6 @@ def gaussian_likelihood(y: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
     return p
 
 
-LOG_GAIN_RATE = 10.0
 
 
 class GainUnits(nn.Module):

@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import lot
+from .config import LOG_GAIN_RATE, ModelConfig
 from .entropy import MACRO, EntropyCoder, im2col
-
-LOG_GAIN_RATE = 10.0  # GainUnits stores log-gains divided by this (sarcodec.model)
 
 
 @dataclass
@@ -29,13 +28,22 @@ class CodecModel:
 
     name: str
     model_id: str
-    cfg: "object"  # sarcodec.model.ModelConfig (kept untyped here: that module imports torch)
+    cfg: ModelConfig
     meta: dict
     coder: EntropyCoder
-    stride: int  # pixels per latent position
-    halo_px: int  # analysis context beyond a tile (pixels, a multiple of the stride)
-    halo_lat: int  # synthesis context beyond a tile (latent positions)
     n_params: int = 0
+
+    @property
+    def stride(self) -> int:
+        return self.cfg.stride
+
+    @property
+    def halo_px(self) -> int:
+        return self.cfg.halo_px
+
+    @property
+    def halo_lat(self) -> int:
+        return self.cfg.halo_lat
 
     def analysis(self, u: np.ndarray, quality: int) -> np.ndarray:
         """u: (H, W) float32, multiples of the stride -> y (M, H/stride, W/stride) times the quality gain."""

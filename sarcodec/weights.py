@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .config import ModelConfig
 from .entropy import EntropyCoder, IntHyperSynthesis, output_gains
 from .runtime import CodecModel, LotModel, TorchModel
 
@@ -84,8 +85,7 @@ def _load_npz(path: Path) -> dict:
                 v = z[k]
                 blob[k] = v.item() if v.ndim == 0 and v.dtype.kind in "UO" else v
         blob["config"] = json.loads(blob["config"])
-        for k in ("version",):
-            blob[k] = int(blob[k])
+        blob["version"] = int(blob["version"])
         for g in ("float", "int", "prior"):
             blob.setdefault(g, {})
     return blob
@@ -180,32 +180,11 @@ def bundled_path(name: str) -> Path | None:
     return None
 
 
-class _Config:
-    """Architecture facts the runtime needs, without importing torch (mirrors ModelConfig)."""
-
-    def __init__(self, d: dict) -> None:
-        self.latent = int(d.get("latent", 256))
-        self.hyper = int(d.get("hyper", 64))
-        self.qualities = int(d.get("qualities", 8))
-        self.lambdas = list(d.get("lambdas", []))
-        self.transform = d.get("transform", "lapped16")
-        self.hs_head = d.get("hs_head", "full")
-        self.skip_min_scale = bool(d.get("skip_min_scale", False))
-        self.raw = dict(d)
-
-    @property
-    def stride(self) -> int:
-        return 8 if self.transform == "lot8" else 16
-
-    def to_dict(self) -> dict:
-        return dict(self.raw)
-
-
 def load(path: str | Path | None = None, preset: str = "default") -> CodecModel:
     """Load a weights file (default: the shipped model of ``preset``)."""
     path = Path(path) if path is not None else default_weights_path(preset)
     blob = _read_blob(path)
-    cfg = _Config(blob["config"])
+    cfg = ModelConfig.from_dict(blob["config"])
     ihs = IntHyperSynthesis.from_state(blob["int"], cfg.latent)
     coder = EntropyCoder(ihs, _np(blob["z_pmf"]), _np(blob["y_pmf"]), _np(blob["y_radius"]), cfg.skip_min_scale)
     n_int = sum(int(np.prod(layer.weight.shape)) + layer.bias.size for layer in ihs.layers)
@@ -213,13 +192,12 @@ def load(path: str | Path | None = None, preset: str = "default") -> CodecModel:
     if cfg.transform == "lot8":
         params = {k: _np(v).astype(np.float32) for k, v in blob["float"].items()}
         n = sum(v.size for v in params.values()) + n_int
-        return LotModel(cfg=cfg, stride=8, halo_px=8, halo_lat=1, n_params=n, params=params, **common)
+        return LotModel(cfg=cfg, n_params=n, params=params, **common)
     if cfg.transform != "lapped16":
         raise WeightsError(f"{path}: unknown transform {cfg.transform!r} (newer sarcodec needed?)")
-    from .model import Analysis, GainUnits, HyperAnalysis, ModelConfig, Synthesis
+    from .model import Analysis, GainUnits, HyperAnalysis, Synthesis
 
-    mcfg = ModelConfig.from_dict(blob["config"])
-    parts = {"g_a": Analysis(mcfg), "g_s": Synthesis(mcfg), "h_a": HyperAnalysis(mcfg), "gains": GainUnits(mcfg)}
+    parts = {"g_a": Analysis(cfg), "g_s": Synthesis(cfg), "h_a": HyperAnalysis(cfg), "gains": GainUnits(cfg)}
     for name, mod in parts.items():
         sd = {k[len(name) + 1 :]: v.float() for k, v in blob["float"].items() if k.startswith(name + ".")}
         mod.load_state_dict(sd)
@@ -227,14 +205,14 @@ def load(path: str | Path | None = None, preset: str = "default") -> CodecModel:
         for p in mod.parameters():
             p.requires_grad_(False)
     n = sum(p.numel() for m in parts.values() for p in m.parameters()) + n_int
-    return TorchModel(cfg=mcfg, stride=16, halo_px=64, halo_lat=4, n_params=n, modules=parts, **common)
+    return TorchModel(cfg=cfg, n_params=n, modules=parts, **common)
 
 
 def load_checkpoint_model(ckpt: str | Path, best: bool = True) -> "SarCodecModel":
     """The float training model from a ``.ckpt`` written by ``sarcodec train``."""
     import torch
 
-    from .model import ModelConfig, SarCodecModel
+    from .model import SarCodecModel
 
     ck = torch.load(ckpt, map_location="cpu", weights_only=True)
     model = SarCodecModel(ModelConfig.from_dict(ck["model_config"]))
@@ -251,7 +229,7 @@ def training_model_from_weights(path: str | Path) -> "SarCodecModel":
     import torch
 
     from .entropy import A_FRAC_BITS, W_FRAC_BITS
-    from .model import ModelConfig, SarCodecModel
+    from .model import SarCodecModel
 
     blob = _read_blob(Path(path))
     if not blob.get("prior"):
