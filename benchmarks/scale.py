@@ -7,7 +7,7 @@
    nodata (0) border on the left and a slanted one at the top, as in real GRD scenes. Written
    window by window; nothing is committed.
 2. Runs ``sarcodec encode`` and ``sarcodec decode`` as separate processes and reports wall time
-   and peak RSS (the process's VmHWM).
+   and peak RSS (the process and its tile workers together).
 3. Seams: PSNR of the dB image in 8-pixel bands centred on every tile border vs the interior.
 4. Nodata: decoded nodata pixels must equal the input's exactly; bytes spent on all-nodata tiles.
 5. Speed: the CLI (whole process, wall time) of each preset on a speed-size^2 real-derived image vs
@@ -76,23 +76,36 @@ def build_mosaic(path: Path, size: int, with_nodata: bool = True) -> None:
                 ds.write(blk, 1, window=Window(c0, r0, w, h))
 
 
+def _tree_rss(pid: int) -> float:
+    """RSS (MiB) of a process and all its descendants (the CLI's tile workers): the process's own
+    peak (VmHWM) plus its workers' current RSS."""
+    total, todo = 0.0, [pid]
+    while todo:
+        q = todo.pop()
+        try:
+            for line in Path(f"/proc/{q}/status").read_text().splitlines():
+                if line.startswith("VmHWM:" if q == pid else "VmRSS:"):
+                    total += int(line.split()[1]) / 1024.0
+            for t in Path(f"/proc/{q}/task").iterdir():
+                todo += [int(c) for c in (t / "children").read_text().split()]
+        except (OSError, ValueError):
+            pass
+    return total
+
+
 def run_measured(args: list[str]) -> tuple[float, float, str]:
     """Run a command; return (wall seconds, peak RSS MiB, stderr).
 
-    Peak RSS is the child's own VmHWM, polled from /proc (getrusage of a forked child would also
-    count the parent's pages at fork time).
+    Peak RSS: the process's own peak plus the largest sum of its worker processes' resident memory,
+    polled from /proc every 10 ms (getrusage of a forked child would also count the parent's pages
+    at fork time; per-process VmHWM peaks cannot be added up).  Pages that forked workers share
+    with the parent are counted once per process, so this is an upper bound.
     """
     t = time.perf_counter()
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     peak = 0.0
-    status = Path(f"/proc/{p.pid}/status")
     while p.poll() is None:
-        try:
-            for line in status.read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    peak = max(peak, int(line.split()[1]) / 1024.0)
-        except (OSError, ValueError):
-            pass
+        peak = max(peak, _tree_rss(p.pid))
         time.sleep(0.01)
     wall = time.perf_counter() - t
     err = p.stderr.read() if p.stderr else ""

@@ -14,6 +14,8 @@ from typing import Callable, Iterator, Optional
 
 import typer
 
+from .parallel import auto_workers
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="sarcodec: learned compression for SAR imagery.")
 
@@ -91,6 +93,8 @@ def _parse_window(s: str | None) -> tuple[int, int, int, int] | None:
     return parts  # type: ignore[return-value]
 
 
+WORKERS_HELP = ("Processes: for one file, tiles are coded in parallel; for several, files are. "
+                "0: one per core, at most 4. Output is identical for any number.")
 PRESET_HELP = "default (best rate-distortion, torch) or fast (numpy only, several times faster)."
 
 
@@ -126,6 +130,7 @@ def _run_many(jobs: list[tuple[Path, Path]], fn: Callable, workers: int, as_json
     from concurrent.futures import ProcessPoolExecutor
 
     failures = 0
+    workers = min(workers or auto_workers(), len(jobs))
     if workers > 1:
         with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(workers,)) as ex:
             results = list(ex.map(_safe_call, [fn] * len(jobs), jobs, [kw] * len(jobs)))
@@ -167,7 +172,7 @@ def encode(
     tile: int = typer.Option(1024, help="Tile size in pixels (multiple of 64): the unit of random access."),
     preset: str = typer.Option("default", help=PRESET_HELP),
     weights: Optional[Path] = typer.Option(None, help="Weights file (default: the shipped model of --preset)."),
-    workers: int = typer.Option(1, min=1, help="Parallel processes when encoding several files."),
+    workers: int = typer.Option(0, min=0, help=WORKERS_HELP),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file on stdout."),
 ) -> None:
@@ -181,7 +186,8 @@ def encode(
         if len(jobs) == 1:
             model = _load(weights, preset)
             with _progress("encoding", not as_json and sys.stderr.isatty()) as prog:
-                report = encode_file(jobs[0][0], jobs[0][1], quality, force=force, domain=domain, tile=tile, model=model, progress=prog)
+                report = encode_file(jobs[0][0], jobs[0][1], quality, force=force, domain=domain, tile=tile, model=model,
+                                     progress=prog, workers=workers or auto_workers())
             _emit(report, "encoded", as_json)
         else:
             _run_many(jobs, encode_file, workers, as_json, "encoded", quality=quality, force=force, domain=domain, tile=tile,
@@ -194,7 +200,7 @@ def decode(
     window: Optional[str] = typer.Option(None, help="Decode only COL,ROW,WIDTH,HEIGHT (pixels)."),
     weights: Optional[Path] = typer.Option(None, help="Weights file (default: the shipped model the file names)."),
     compress: str = typer.Option("none", help="Lossless compression of the output GeoTIFF: none, deflate, zstd or lzw."),
-    workers: int = typer.Option(1, min=1, help="Parallel processes when decoding several files."),
+    workers: int = typer.Option(0, min=0, help=WORKERS_HELP),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object per file on stdout."),
 ) -> None:
@@ -209,7 +215,8 @@ def decode(
         if len(jobs) == 1:
             model = _load(weights) if weights else None
             with _progress("decoding", not as_json and sys.stderr.isatty()) as prog:
-                report = decode_file(jobs[0][0], jobs[0][1], force=force, window=win, model=model, progress=prog, compress=compress)
+                report = decode_file(jobs[0][0], jobs[0][1], force=force, window=win, model=model, progress=prog,
+                                     compress=compress, workers=workers or auto_workers())
             _emit(report, "decoded", as_json)
         else:
             _run_many(jobs, decode_file, workers, as_json, "decoded", force=force, window=win, weights=weights, compress=compress)

@@ -23,13 +23,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
 from . import __version__, bitstream
 from .bitstream import FormatError, Header
 from .io import InputError
+from .parallel import TileMap
 from .preprocess import DOMAINS, BandMapping, choose_domain, fit_mapping, to_dtype
 from .runtime import CodecModel
 from .weights import bundled_path
@@ -51,10 +52,15 @@ class BandSource(Protocol):
 
     def sample(self, band: int, max_pixels: int) -> np.ndarray: ...
 
+    def reopened(self) -> "BandSource": ...
+
 
 class ArraySource:
     def __init__(self, array: np.ndarray) -> None:
         self.array = array
+
+    def reopened(self) -> "ArraySource":
+        return self  # a forked worker sees the same array
 
     def read(self, band: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         return self.array[band, r0:r1, c0:c1]
@@ -68,6 +74,15 @@ class ArraySource:
 class RasterSource:
     def __init__(self, ds) -> None:
         self.ds = ds
+
+    def reopened(self) -> "RasterSource":
+        """The same file on a new handle (for a worker process: GDAL handles must not be shared)."""
+        from .io import open_raster
+
+        opened = open_raster(self.ds.name)
+        source = RasterSource(opened.__enter__())
+        source._opened = opened  # holds the file open for the worker's lifetime
+        return source
 
     def read(self, band: int, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
         from .io import read_window
@@ -151,10 +166,10 @@ class Encoder:
         self.model = model
         self.quality = quality
         self.tile = tile
-        self.ideal_bits = 0.0  # information content of all coded latents (entropy-coder overhead check)
-        self.latent_bytes = 0
 
-    def encode_tile(self, source: BandSource, band: int, grid: Grid, ty: int, tx: int, mapping: BandMapping, nodata: float | None) -> bytes:
+    def encode_tile(self, source: BandSource, band: int, grid: Grid, ty: int, tx: int, mapping: BandMapping,
+                    nodata: float | None) -> tuple[bytes, float, int]:
+        """One tile's payload, the information content of its latents (bits) and their coded bytes."""
         r0, r1, c0, c1 = grid.pixels(ty, tx)
         l0, l1, k0, k1 = grid.latents(ty, tx)
         s, halo = grid.stride, self.model.halo_px
@@ -167,7 +182,7 @@ class Encoder:
         tile_cls = cls[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0]
         mask = None if not tile_cls.any() else np.ascontiguousarray(tile_cls).tobytes()
         if not (tile_cls == CLASS_VALID).any():
-            return bitstream.pack_tile(b"", mask, empty=True)
+            return bitstream.pack_tile(b"", mask, empty=True), 0.0, 0
         neutral = mapping.floor if mapping.domain == "log" else mapping.lo
         u = mapping.forward(np.where(valid, raw, neutral))
         if not valid.all():
@@ -179,9 +194,7 @@ class Encoder:
         hz, wz = -(-h // 4) * 4, -(-w // 4) * 4
         z = np.round(self.model.hyper_analysis(np.pad(y, ((0, 0), (0, hz - h), (0, wz - w)))))
         latent, _, bits = self.model.coder.encode(z.astype(np.int64), y)
-        self.ideal_bits += bits
-        self.latent_bytes += len(latent)
-        return bitstream.pack_tile(latent, mask)
+        return bitstream.pack_tile(latent, mask), bits, len(latent)
 
 
 class Decoder:
@@ -204,25 +217,33 @@ class Decoder:
         if header.quality > model.cfg.qualities:
             raise FormatError(f"quality {header.quality} is not offered by model {model.name}")
         self.cache: dict[tuple[int, int, int], tuple[np.ndarray, bytes | None]] = {}
+        self.latents: Iterator[tuple[np.ndarray, bytes | None]] | None = None  # see decode_tiles
+
+    def latent_job(self, band: int, ty: int, tx: int) -> tuple:
+        """Arguments of ``decode_latent`` for one tile (its payload is read here, in this process)."""
+        g = self.grid
+        r0, r1, c0, c1 = g.pixels(ty, tx)
+        l0, l1, k0, k1 = g.latents(ty, tx)
+        index = self.h.tile_index(band, ty, tx)
+        return self.reader.payload(index), (r1 - r0) * (c1 - c0), (l1 - l0, k1 - k0), index
+
+    def needed(self, tiles: Iterable[tuple[int, int, int]]) -> Iterator[tuple[int, int, int]]:
+        """The tiles whose latents decoding ``tiles`` in this order needs, in the order ``_latent`` asks for them."""
+        seen: set[tuple[int, int, int]] = set()
+        for band, ty, tx in tiles:
+            for ny in range(max(0, ty - 1), min(self.grid.tiles_y, ty + 2)):
+                for nx in range(max(0, tx - 1), min(self.grid.tiles_x, tx + 2)):
+                    if (band, ny, nx) not in seen:
+                        seen.add((band, ny, nx))
+                        yield band, ny, nx
 
     def _latent(self, band: int, ty: int, tx: int) -> tuple[np.ndarray, bytes | None]:
         key = (band, ty, tx)
         if key not in self.cache:
-            g = self.grid
-            r0, r1, c0, c1 = g.pixels(ty, tx)
-            l0, l1, k0, k1 = g.latents(ty, tx)
-            payload = self.reader.payload(self.h.tile_index(band, ty, tx))
-            mask, empty, latent = bitstream.unpack_tile(payload, (r1 - r0) * (c1 - c0))
-            m = self.model.cfg.latent
-            if empty:
-                y = np.zeros((m, l1 - l0, k1 - k0), dtype=np.float32)
+            if self.latents is not None:  # decoded ahead (possibly by worker processes), in ``needed`` order
+                self.cache[key] = next(self.latents)
             else:
-                z_shape = (self.model.cfg.hyper, -(-(l1 - l0) // 4), -(-(k1 - k0) // 4))
-                try:
-                    y = self.model.coder.decode(latent, z_shape, (l1 - l0, k1 - k0))
-                except (ValueError, RuntimeError) as e:
-                    raise FormatError(f"tile {self.h.tile_index(band, ty, tx)} cannot be entropy-decoded ({e})") from None
-            self.cache[key] = (y, mask)
+                self.cache[key] = decode_latent(self.model, *self.latent_job(band, ty, tx))
         return self.cache[key]
 
     def _evict(self, band: int, ty: int) -> None:
@@ -240,11 +261,11 @@ class Decoder:
         ywin = np.zeros((self.model.cfg.latent, wl1 - wl0, wk1 - wk0), dtype=np.float32)
         for ny in range(max(0, ty - 1), min(g.tiles_y, ty + 2)):
             for nx in range(max(0, tx - 1), min(g.tiles_x, tx + 2)):
+                y, _ = self._latent(band, ny, nx)  # every neighbour, in the order ``needed`` yields them
                 a0, a1, b0, b1 = g.latents(ny, nx)
                 i0, i1, j0, j1 = max(a0, wl0), min(a1, wl1), max(b0, wk0), min(b1, wk1)
                 if i0 >= i1 or j0 >= j1:
                     continue
-                y, _ = self._latent(band, ny, nx)
                 ywin[:, i0 - wl0 : i1 - wl0, j0 - wk0 : j1 - wk0] = y[:, i0 - a0 : i1 - a0, j0 - b0 : j1 - b0]
         _, mask = self._latent(band, ty, tx)
         r0, r1, c0, c1 = g.pixels(ty, tx)
@@ -289,11 +310,19 @@ def _header_from(meta: dict, model: CodecModel, quality: int, tile: int, mapping
     return h
 
 
+def _encode_job(state: tuple, band: int, ty: int, tx: int) -> tuple[bytes, float, int]:
+    enc, source, grid, mappings, nodata = state
+    return enc.encode_tile(source, band, grid, ty, tx, mappings[band], nodata)
+
+
 def encode_source(source: BandSource, meta: dict, out, *, quality: int = 4, domain: str = "auto", tile: int = 1024,
-                  model: CodecModel | None = None, progress: Progress | None = None, stats: dict | None = None) -> Header:
+                  model: CodecModel | None = None, progress: Progress | None = None, stats: dict | None = None,
+                  workers: int = 1) -> Header:
     """Encode ``source`` (described by ``meta``: Header fields) into the binary file object ``out``.
 
-    ``stats``, if given, receives ``ideal_bits`` and ``latent_bytes`` (entropy-coder overhead check).
+    ``workers`` > 1 encodes tiles in that many forked processes (see ``sarcodec.parallel``); the
+    bytes are the same for any number.  ``stats``, if given, receives ``ideal_bits`` and
+    ``latent_bytes`` (entropy-coder overhead check).
     """
     model = model or load_weights()
     enc = Encoder(model, quality, tile)
@@ -304,45 +333,67 @@ def encode_source(source: BandSource, meta: dict, out, *, quality: int = 4, doma
     header = _header_from(meta, model, quality, tile, mappings)
     grid = Grid(header.height, header.width, tile, model.stride)
     writer = bitstream.Writer(out, header)
-    total, done = header.n_tiles, 0
-    for b in range(header.bands):
-        for ty in range(grid.tiles_y):
-            for tx in range(grid.tiles_x):
-                writer.add(header.tile_index(b, ty, tx), enc.encode_tile(source, b, grid, ty, tx, mappings[b], header.nodata))
-                done += 1
-                if progress:
-                    progress(done, total)
+    jobs = [(b, ty, tx) for b in range(header.bands) for ty in range(grid.tiles_y) for tx in range(grid.tiles_x)]
+    state = (enc, source, grid, mappings, header.nodata)
+    ideal_bits, latent_bytes = 0.0, 0
+    workers = min(workers, len(jobs)) if model.fork_safe else 1  # torch's OpenMP pool must not be forked
+    with TileMap(state, lambda: (enc, source.reopened(), grid, mappings, header.nodata), workers) as tm:
+        for done, ((b, ty, tx), (payload, bits, nbytes)) in enumerate(zip(jobs, tm.imap(_encode_job, jobs)), 1):
+            writer.add(header.tile_index(b, ty, tx), payload)
+            ideal_bits += bits
+            latent_bytes += nbytes
+            if progress:
+                progress(done, len(jobs))
     writer.finish()
     if stats is not None:
-        stats.update(ideal_bits=enc.ideal_bits, latent_bytes=enc.latent_bytes)
+        stats.update(ideal_bits=ideal_bits, latent_bytes=latent_bytes)
     return header
 
 
+def decode_latent(model: CodecModel, payload: bytes, npix: int, y_hw: tuple[int, int], index: int) -> tuple[np.ndarray, bytes | None]:
+    """Entropy-decode one tile: its latent y (M, h, w) and its pixel-class mask (None: all valid)."""
+    mask, empty, latent = bitstream.unpack_tile(payload, npix)
+    h, w = y_hw
+    if empty:
+        return np.zeros((model.cfg.latent, h, w), dtype=np.float32), mask
+    try:
+        return model.coder.decode(latent, (model.cfg.hyper, -(-h // 4), -(-w // 4)), y_hw), mask
+    except (ValueError, RuntimeError) as e:
+        raise FormatError(f"tile {index} cannot be entropy-decoded ({e})") from None
+
+
 def decode_tiles(reader: bitstream.Reader, model: CodecModel, sink: Callable[[int, int, int, np.ndarray], None],
-                 window: tuple[int, int, int, int] | None = None, progress: Progress | None = None) -> None:
-    """Decode every tile (or those meeting ``window`` = col, row, width, height) into ``sink(band, row, col, block)``."""
+                 window: tuple[int, int, int, int] | None = None, progress: Progress | None = None,
+                 workers: int = 1) -> None:
+    """Decode every tile (or those meeting ``window`` = col, row, width, height) into ``sink(band, row, col, block)``.
+
+    ``workers`` > 1 entropy-decodes tiles ahead in that many forked processes while this one runs
+    the synthesis (see ``sarcodec.parallel``); the output is the same for any number.
+    """
     h = reader.header
     dec = Decoder(model, h, reader)
     g = dec.grid
     col, row, w, hh = window if window else (0, 0, h.width, h.height)
     ty0, ty1 = row // h.tile, (row + hh - 1) // h.tile + 1
     tx0, tx1 = col // h.tile, (col + w - 1) // h.tile + 1
-    total, done = h.bands * (ty1 - ty0) * (tx1 - tx0), 0
-    for b in range(h.bands):
-        for ty in range(ty0, ty1):
-            for tx in range(tx0, tx1):
-                block = dec.decode_tile(b, ty, tx)
-                r0, r1, c0, c1 = g.pixels(ty, tx)
-                i0, i1, j0, j1 = max(r0, row), min(r1, row + hh), max(c0, col), min(c1, col + w)
-                sink(b, i0 - row, j0 - col, block[i0 - r0 : i1 - r0, j0 - c0 : j1 - c0])
-                done += 1
-                if progress:
-                    progress(done, total)
+    tiles = [(b, ty, tx) for b in range(h.bands) for ty in range(ty0, ty1) for tx in range(tx0, tx1)]
+    needed = list(dec.needed(tiles))
+    with TileMap(model, lambda: model, min(workers, len(needed))) as tm:
+        if tm.workers > 1:
+            dec.latents = tm.imap(decode_latent, (dec.latent_job(*key) for key in needed))
+        for done, (b, ty, tx) in enumerate(tiles, 1):
+            block = dec.decode_tile(b, ty, tx)
+            r0, r1, c0, c1 = g.pixels(ty, tx)
+            i0, i1, j0, j1 = max(r0, row), min(r1, row + hh), max(c0, col), min(c1, col + w)
+            sink(b, i0 - row, j0 - col, block[i0 - r0 : i1 - r0, j0 - c0 : j1 - c0])
+            if progress:
+                progress(done, len(tiles))
 
 
 def encode_array(array: np.ndarray, quality: int = 4, *, nodata: float | None = None, domain: str = "auto",
-                 tile: int = 1024, model: CodecModel | None = None, meta: dict | None = None, stats: dict | None = None) -> bytes:
-    """Compress a (bands, height, width) or (height, width) array to ``.sarc`` bytes."""
+                 tile: int = 1024, model: CodecModel | None = None, meta: dict | None = None, stats: dict | None = None,
+                 workers: int = 1) -> bytes:
+    """Compress a (bands, height, width) or (height, width) array to ``.sarc`` bytes (``workers``: tile processes)."""
     import io as _io
 
     a = np.asarray(array)
@@ -355,12 +406,13 @@ def encode_array(array: np.ndarray, quality: int = 4, *, nodata: float | None = 
     m = {"width": a.shape[2], "height": a.shape[1], "bands": a.shape[0], "dtype": a.dtype.name, "nodata": nodata}
     m.update(meta or {})
     buf = _io.BytesIO()
-    encode_source(ArraySource(a), m, buf, quality=quality, domain=domain, tile=tile, model=model, stats=stats)
+    encode_source(ArraySource(a), m, buf, quality=quality, domain=domain, tile=tile, model=model, stats=stats, workers=workers)
     return buf.getvalue()
 
 
-def decode_array(data: bytes, *, model: CodecModel | None = None, window: tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, Header]:
-    """Decompress ``.sarc`` bytes to a (bands, height, width) array and its header."""
+def decode_array(data: bytes, *, model: CodecModel | None = None, window: tuple[int, int, int, int] | None = None,
+                 workers: int = 1) -> tuple[np.ndarray, Header]:
+    """Decompress ``.sarc`` bytes to a (bands, height, width) array and its header (``workers``: see ``decode_tiles``)."""
     import io as _io
 
     reader = bitstream.Reader(_io.BytesIO(data), len(data))
@@ -372,7 +424,7 @@ def decode_array(data: bytes, *, model: CodecModel | None = None, window: tuple[
     def sink(b: int, r: int, c: int, block: np.ndarray) -> None:
         out[b, r : r + block.shape[0], c : c + block.shape[1]] = block
 
-    decode_tiles(reader, model or model_for(h), sink, window)
+    decode_tiles(reader, model or model_for(h), sink, window, workers=workers)
     return out, h
 
 
@@ -409,8 +461,9 @@ def _report(src: Path, dst: Path, h: Header, nbytes: int, t0: float, npix: int |
 
 
 def encode_file(src: str | Path, dst: str | Path, quality: int = 4, *, force: bool = False, domain: str = "auto",
-                tile: int = 1024, model: CodecModel | None = None, progress: Progress | None = None) -> Report:
-    """Compress a raster file to a ``.sarc`` file (atomically)."""
+                tile: int = 1024, model: CodecModel | None = None, progress: Progress | None = None,
+                workers: int = 1) -> Report:
+    """Compress a raster file to a ``.sarc`` file (atomically); ``workers``: tile processes."""
     from .io import atomic_output, gdal_env, open_raster, raster_metadata
 
     t0 = time.perf_counter()
@@ -419,7 +472,8 @@ def encode_file(src: str | Path, dst: str | Path, quality: int = 4, *, force: bo
     with gdal_env(), open_raster(src) as ds:
         meta = raster_metadata(ds)
         with atomic_output(dst, force, src) as tmp, open(tmp, "w+b") as f:
-            header = encode_source(RasterSource(ds), meta, f, quality=quality, domain=domain, tile=tile, model=model, progress=progress)
+            header = encode_source(RasterSource(ds), meta, f, quality=quality, domain=domain, tile=tile, model=model,
+                                   progress=progress, workers=workers)
             f.flush()
     return _report(src, dst, header, dst.stat().st_size, t0)
 
@@ -437,10 +491,12 @@ def open_sarc(src: Path):
 
 
 def decode_file(src: str | Path, dst: str | Path, *, force: bool = False, window: tuple[int, int, int, int] | None = None,
-                model: CodecModel | None = None, progress: Progress | None = None, compress: str = "none") -> Report:
+                model: CodecModel | None = None, progress: Progress | None = None, compress: str = "none",
+                workers: int = 1) -> Report:
     """Decompress a ``.sarc`` file to a GeoTIFF (atomically); ``window`` = (col, row, width, height).
 
-    ``compress``: the output GeoTIFF's lossless compression (none, deflate, zstd, lzw).
+    ``compress``: the output GeoTIFF's lossless compression (none, deflate, zstd, lzw); ``workers``:
+    processes that entropy-decode tiles ahead.
     """
     from .io import atomic_output, create_geotiff, gdal_env, window_metadata, write_window
 
@@ -455,7 +511,7 @@ def decode_file(src: str | Path, dst: str | Path, *, force: bool = False, window
         meta = window_metadata(vars(h), col, row) if window else vars(h)
         model = model or model_for(h)
         with atomic_output(dst, force, src) as tmp, create_geotiff(tmp, meta, w, hh, compress) as ds:
-            decode_tiles(reader, model, lambda b, r, c, blk: write_window(ds, b, r, c, blk), window, progress)
+            decode_tiles(reader, model, lambda b, r, c, blk: write_window(ds, b, r, c, blk), window, progress, workers)
     return _report(src, dst, h, src.stat().st_size, t0, w * hh * h.bands)
 
 

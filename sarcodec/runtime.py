@@ -32,6 +32,7 @@ class CodecModel:
     meta: dict
     coder: EntropyCoder
     n_params: int = 0
+    fork_safe = True  # transforms may run in forked worker processes (sarcodec.parallel)
 
     @property
     def stride(self) -> int:
@@ -63,6 +64,7 @@ class TorchModel(CodecModel):
     """The default model: torch modules g_a, g_s, h_a and the gain units."""
 
     modules: dict = field(default_factory=dict)
+    fork_safe = False  # torch's OpenMP thread pool does not survive fork(); its transforms stay in one process
 
     def analysis(self, u: np.ndarray, quality: int) -> np.ndarray:
         import torch

@@ -65,7 +65,8 @@ def test_unwritable_target_is_one_clean_line(tmp_path, s1_file):
     assert len([ln for ln in r.output.splitlines() if ln.strip()]) == 1
 
 
-def test_ctrl_c_mid_write_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--preset", "fast", "--workers", "2"]], ids=["default", "fast-2-workers"])
+def test_ctrl_c_mid_write_leaves_nothing(tmp_path, extra):
     files = sorted(need(EVAL / "s1-vh-8bit").glob("*.tif"))[:4]
     tiles = []
     for f in files:
@@ -79,7 +80,7 @@ def test_ctrl_c_mid_write_leaves_nothing(tmp_path):
         ds.write(big, 1)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    p = subprocess.Popen([sys.executable, "-m", "sarcodec.cli", "encode", str(src), str(out_dir / "big.sarc"), "--tile", "64"],
+    p = subprocess.Popen([sys.executable, "-m", "sarcodec.cli", "encode", str(src), str(out_dir / "big.sarc"), "--tile", "64", *extra],
                          stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                          # a shell running us in the background hands down SIGINT ignored; undo that
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -1,0 +1,112 @@
+"""Tile-level process parallelism for encode and decode.
+
+Why processes: constriction's range coder holds the GIL while it codes, and most of a tile's
+numpy work is too small to keep a second core busy, so threads do not make a tile codec faster;
+separate processes do.  Workers are *forked* after the model is loaded, so they start in
+milliseconds and share its memory pages; each gets its per-process state (the model, and for
+encoding its own handle on the input file) from a factory run once in the child.  Where fork is
+not available (Windows, macOS's default) or one worker is asked for, jobs run in the calling
+process -- same code, same results.
+
+Results come back in submission order with at most ``2 * workers`` jobs in flight, so memory
+stays bounded by the tile size whatever the image size.  Every job computes exactly what the
+serial path computes, so outputs are identical for any number of workers.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+MAX_AUTO_WORKERS = 4
+
+
+def fork_available() -> bool:
+    """Whether worker processes can be forked (Linux); elsewhere everything runs in-process."""
+    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+
+
+def auto_workers() -> int:
+    """Default number of tile workers: the usable cores, at most MAX_AUTO_WORKERS."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        n = os.cpu_count() or 1
+    return max(1, min(MAX_AUTO_WORKERS, n))
+
+
+# Per-process worker state, set once by _init in each forked worker (never in the parent).
+_worker_state: Any = None
+
+
+def _init(factory: Callable[[], Any]) -> None:
+    global _worker_state
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _one_blas_thread()
+    _worker_state = factory()
+
+
+def _one_blas_thread() -> object:
+    """Limit BLAS to one thread in this process (several single-threaded processes share the cores;
+    OpenBLAS's spinning threads on oversubscribed cores made 2 workers slower than 1)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1, user_api="blas")
+
+
+def _run(fn: Callable, args: tuple) -> Any:
+    return fn(_worker_state, *args)
+
+
+class TileMap:
+    """``with TileMap(state, worker_state, n) as tm``: ``tm.imap(fn, jobs)`` yields ``fn(state, *job)`` in order.
+
+    ``state`` serves jobs run in this process; ``worker_state()`` makes each worker's own (called
+    once in the worker).  The workers live as long as the ``with`` block.
+    """
+
+    def __init__(self, state: Any, worker_state: Callable[[], Any], workers: int) -> None:
+        self.workers = workers if fork_available() else 1
+        self._state = state
+        self._factory = worker_state
+        self._ex: ProcessPoolExecutor | None = None
+        self._blas: Any = None
+
+    def __enter__(self) -> "TileMap":
+        if self.workers > 1:
+            self._blas = _one_blas_thread()  # the parent's share of the work runs beside the workers
+            ctx = multiprocessing.get_context("fork")
+            self._ex = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init, initargs=(self._factory,))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._ex is not None:
+            self._ex.shutdown(wait=True, cancel_futures=True)
+            self._ex = None
+            self._blas.restore_original_limits()
+
+    def imap(self, fn: Callable, jobs: Iterable[tuple]) -> Iterator[Any]:
+        if self._ex is None:
+            for args in jobs:
+                yield fn(self._state, *args)
+            return
+        it = iter(jobs)
+        pending: deque[Future] = deque()
+
+        def submit() -> None:
+            args = next(it, None)
+            if args is not None:
+                pending.append(self._ex.submit(_run, fn, args))
+
+        for _ in range(2 * self.workers):
+            submit()
+        while pending:
+            result = pending.popleft().result()
+            submit()
+            yield result
+
