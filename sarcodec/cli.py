@@ -94,7 +94,7 @@ def _parse_window(s: str | None) -> tuple[int, int, int, int] | None:
 
 
 WORKERS_HELP = ("Processes: for one file, tiles are coded in parallel; for several, files are. "
-                "0: one per core, at most 4. Output is identical for any number.")
+                "0: automatic (up to one per core, at most 4, where it pays). Output is identical for any number.")
 PRESET_HELP = "default (best rate-distortion, torch) or fast (numpy only, several times faster)."
 
 
@@ -187,7 +187,7 @@ def encode(
             model = _load(weights, preset)
             with _progress("encoding", not as_json and sys.stderr.isatty()) as prog:
                 report = encode_file(jobs[0][0], jobs[0][1], quality, force=force, domain=domain, tile=tile, model=model,
-                                     progress=prog, workers=workers or auto_workers())
+                                     progress=prog, workers=workers)
             _emit(report, "encoded", as_json)
         else:
             _run_many(jobs, encode_file, workers, as_json, "encoded", quality=quality, force=force, domain=domain, tile=tile,
@@ -216,7 +216,7 @@ def decode(
             model = _load(weights) if weights else None
             with _progress("decoding", not as_json and sys.stderr.isatty()) as prog:
                 report = decode_file(jobs[0][0], jobs[0][1], force=force, window=win, model=model, progress=prog,
-                                     compress=compress, workers=workers or auto_workers())
+                                     compress=compress, workers=workers)
             _emit(report, "decoded", as_json)
         else:
             _run_many(jobs, decode_file, workers, as_json, "decoded", force=force, window=win, weights=weights, compress=compress)

@@ -30,7 +30,7 @@ import numpy as np
 from . import __version__, bitstream
 from .bitstream import FormatError, Header
 from .io import InputError
-from .parallel import TileMap
+from .parallel import TileMap, auto_workers
 from .preprocess import DOMAINS, BandMapping, choose_domain, fit_mapping, to_dtype
 from .runtime import CodecModel
 from .weights import bundled_path
@@ -193,7 +193,7 @@ class Encoder:
         h, w = y.shape[-2:]
         hz, wz = -(-h // 4) * 4, -(-w // 4) * 4
         z = np.round(self.model.hyper_analysis(np.pad(y, ((0, 0), (0, hz - h), (0, wz - w)))))
-        latent, _, bits = self.model.coder.encode(z.astype(np.int64), y)
+        latent, _, bits = self.model.coder.encode(z.astype(np.int64), y, self.model.cfg.first_coded_group(self.quality))
         return bitstream.pack_tile(latent, mask), bits, len(latent)
 
 
@@ -225,7 +225,7 @@ class Decoder:
         r0, r1, c0, c1 = g.pixels(ty, tx)
         l0, l1, k0, k1 = g.latents(ty, tx)
         index = self.h.tile_index(band, ty, tx)
-        return self.reader.payload(index), (r1 - r0) * (c1 - c0), (l1 - l0, k1 - k0), index
+        return self.reader.payload(index), (r1 - r0) * (c1 - c0), (l1 - l0, k1 - k0), self.h.quality, index
 
     def needed(self, tiles: Iterable[tuple[int, int, int]]) -> Iterator[tuple[int, int, int]]:
         """The tiles whose latents decoding ``tiles`` in this order needs, in the order ``_latent`` asks for them."""
@@ -320,8 +320,9 @@ def encode_source(source: BandSource, meta: dict, out, *, quality: int = 4, doma
                   workers: int = 1) -> Header:
     """Encode ``source`` (described by ``meta``: Header fields) into the binary file object ``out``.
 
-    ``workers`` > 1 encodes tiles in that many forked processes (see ``sarcodec.parallel``); the
-    bytes are the same for any number.  ``stats``, if given, receives ``ideal_bits`` and
+    ``workers`` > 1 encodes tiles in that many forked processes (see ``sarcodec.parallel``; 0: one
+    per core, at most 4; the default model always encodes in this process); the bytes are the
+    same for any number.  ``stats``, if given, receives ``ideal_bits`` and
     ``latent_bytes`` (entropy-coder overhead check).
     """
     model = model or load_weights()
@@ -336,7 +337,7 @@ def encode_source(source: BandSource, meta: dict, out, *, quality: int = 4, doma
     jobs = [(b, ty, tx) for b in range(header.bands) for ty in range(grid.tiles_y) for tx in range(grid.tiles_x)]
     state = (enc, source, grid, mappings, header.nodata)
     ideal_bits, latent_bytes = 0.0, 0
-    workers = min(workers, len(jobs)) if model.fork_safe else 1  # torch's OpenMP pool must not be forked
+    workers = min(workers or auto_workers(), len(jobs)) if model.fork_safe else 1  # torch's OpenMP pool must not be forked
     with TileMap(state, lambda: (enc, source.reopened(), grid, mappings, header.nodata), workers) as tm:
         for done, ((b, ty, tx), (payload, bits, nbytes)) in enumerate(zip(jobs, tm.imap(_encode_job, jobs)), 1):
             writer.add(header.tile_index(b, ty, tx), payload)
@@ -350,14 +351,16 @@ def encode_source(source: BandSource, meta: dict, out, *, quality: int = 4, doma
     return header
 
 
-def decode_latent(model: CodecModel, payload: bytes, npix: int, y_hw: tuple[int, int], index: int) -> tuple[np.ndarray, bytes | None]:
+def decode_latent(model: CodecModel, payload: bytes, npix: int, y_hw: tuple[int, int], quality: int,
+                  index: int) -> tuple[np.ndarray, bytes | None]:
     """Entropy-decode one tile: its latent y (M, h, w) and its pixel-class mask (None: all valid)."""
     mask, empty, latent = bitstream.unpack_tile(payload, npix)
     h, w = y_hw
     if empty:
         return np.zeros((model.cfg.latent, h, w), dtype=np.float32), mask
     try:
-        return model.coder.decode(latent, (model.cfg.hyper, -(-h // 4), -(-w // 4)), y_hw), mask
+        z_shape = (model.cfg.hyper, -(-h // 4), -(-w // 4))
+        return model.coder.decode(latent, z_shape, y_hw, model.cfg.first_coded_group(quality)), mask
     except (ValueError, RuntimeError) as e:
         raise FormatError(f"tile {index} cannot be entropy-decoded ({e})") from None
 
@@ -368,7 +371,7 @@ def decode_tiles(reader: bitstream.Reader, model: CodecModel, sink: Callable[[in
     """Decode every tile (or those meeting ``window`` = col, row, width, height) into ``sink(band, row, col, block)``.
 
     ``workers`` > 1 entropy-decodes tiles ahead in that many forked processes while this one runs
-    the synthesis (see ``sarcodec.parallel``); the output is the same for any number.
+    the synthesis (see ``sarcodec.parallel``; 0: automatic); the output is the same for any number.
     """
     h = reader.header
     dec = Decoder(model, h, reader)
@@ -378,6 +381,9 @@ def decode_tiles(reader: bitstream.Reader, model: CodecModel, sink: Callable[[in
     tx0, tx1 = col // h.tile, (col + w - 1) // h.tile + 1
     tiles = [(b, ty, tx) for b in range(h.bands) for ty in range(ty0, ty1) for tx in range(tx0, tx1)]
     needed = list(dec.needed(tiles))
+    if not workers:  # auto: measured on 2 cores, entropy decoding ahead pays beside the torch synthesis; the
+        # fast preset's numpy synthesis is so cheap that moving latents between processes costs more than it saves
+        workers = 1 if model.fork_safe else auto_workers()
     with TileMap(model, lambda: model, min(workers, len(needed))) as tm:
         if tm.workers > 1:
             dec.latents = tm.imap(decode_latent, (dec.latent_job(*key) for key in needed))

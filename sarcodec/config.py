@@ -31,6 +31,10 @@ class ModelConfig:
     transform: str = "lapped16"  # or "lot8" (fast preset)
     hs_head: str = "full"  # or "macro" (see sarcodec.entropy.IntHyperSynthesis)
     skip_min_scale: bool = False  # do not code latents whose scale index is 0 (fast preset)
+    # per quality: latents whose scale index is below this are not coded (the encoder sets them to
+    # their mean); chosen after training with the training objective (benchmarks/tune_skip.py).
+    # Empty: only skip_min_scale applies.
+    skip_groups: list[int] = field(default_factory=list)
 
     @classmethod
     def fast(cls) -> "ModelConfig":
@@ -52,11 +56,19 @@ class ModelConfig:
         """Synthesis context a tile needs beyond its latents (latent positions)."""
         return 1 if self.transform == "lot8" else 4
 
+    def first_coded_group(self, quality: int) -> int:
+        """Scale-index groups below this are not coded at ``quality`` (1-based)."""
+        if self.skip_groups:
+            return self.skip_groups[quality - 1]
+        return 1 if self.skip_min_scale else 0
+
     def to_dict(self) -> dict:
         d = asdict(self)
         if self.transform == "lapped16":  # the fields added with the fast preset keep their defaults
             for k in ("transform", "hs_head", "skip_min_scale"):  # out of older models' ids
                 d.pop(k)
+        if not self.skip_groups:  # likewise
+            d.pop("skip_groups")
         return d
 
     @classmethod

@@ -21,9 +21,12 @@ sarcodec makes every quantity the entropy *decoder* depends on exact:
 
 Stream layout of one tile (one range-coder stream, decoded in the same order):
 z symbols channel by channel; y symbols by scale index 0..63 (raster order within a group);
-escape magnitudes for y symbols outside their table (uniform over 2^16).  Models made with
-``skip_min_scale`` (the fast preset) do not code the group of scale index 0 at all: those symbols
-are 0 by definition (the encoder quantises them to their mean; p(0) > 0.99999 there).
+escape magnitudes for y symbols outside their table (uniform over 2^16).  The groups below a
+model's first coded group are not coded at all: those symbols are 0 by definition (the encoder
+quantises them to their mean).  That is group 0 for ``skip_min_scale`` models (p(0) > 0.99999
+there) and, for models with ``skip_groups``, a per-quality threshold chosen after training: at
+scale indices up to ~10 (sigma < 0.4) a coded symbol costs more bits than the distortion it saves
+is worth at the model's lambda, and skipping them also cuts the symbols to decode by ~60 %.
 
 The runtime half of this module (tables in, symbols out) needs only numpy and constriction, so
 models whose transforms run in numpy (the fast preset) decode without importing torch.
@@ -272,16 +275,18 @@ class EntropyCoder:
         self.y_radius = np.asarray(y_radius).astype(np.int64)
         self.y_models = [cat(row[: 2 * r + 3].astype(np.float64), perfect=False) for row, r in zip(self.y_pmf, self.y_radius)]
         self.escape_model = constriction.stream.model.Uniform(2**ESCAPE_BITS)
-        self.first_group = 1 if skip_min_scale else 0  # scale-index groups below this are not coded
+        self.first_group = 1 if skip_min_scale else 0  # scale-index groups below this are not coded (default)
 
     def hyper(self, z_sym: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.hs(z_sym)
 
-    def encode(self, z_sym: np.ndarray, y: np.ndarray) -> tuple[bytes, np.ndarray, float]:
-        """z_sym: int (Cz, hz, wz); y: float (M, h, w), h <= 4hz, w <= 4wz.
+    def encode(self, z_sym: np.ndarray, y: np.ndarray, first_group: int | None = None) -> tuple[bytes, np.ndarray, float]:
+        """z_sym: int (Cz, hz, wz); y: float (M, h, w), h <= 4hz, w <= 4wz; scale-index groups below
+        ``first_group`` (default: the model's) are not coded.
 
         Returns (payload, y_hat, ideal bits: the information content of the symbols under the tables).
         """
+        first_group = self.first_group if first_group is None else first_group
         enc = constriction.stream.queue.RangeEncoder()
         z_sym = np.clip(z_sym, -Z_RADIUS, Z_RADIUS).astype(np.int64)
         bits = 0.0
@@ -303,7 +308,7 @@ class EntropyCoder:
             b0, b1 = bounds[k], bounds[k + 1]
             if b0 == b1:
                 continue
-            if k < self.first_group:  # not coded: these symbols are 0
+            if k < first_group:  # not coded: these symbols are 0
                 coded[b0:b1] = 0
                 continue
             r = int(self.y_radius[k])
@@ -324,17 +329,18 @@ class EntropyCoder:
         y_hat[:m] += mean
         return enc.get_compressed().tobytes(), y_hat.astype(np.float32), bits
 
-    def decode(self, payload: bytes, z_shape: tuple[int, int, int], y_hw: tuple[int, int]) -> np.ndarray:
+    def decode(self, payload: bytes, z_shape: tuple[int, int, int], y_hw: tuple[int, int],
+               first_group: int | None = None) -> np.ndarray:
         """Inverse of ``encode``: returns y_hat float32 (M, *y_hw); EntropyError on invalid data."""
         try:
-            return self._decode(payload, z_shape, y_hw)
+            return self._decode(payload, z_shape, y_hw, self.first_group if first_group is None else first_group)
         except EntropyError:
             raise
         except (AssertionError, ValueError, RuntimeError, OverflowError, IndexError) as e:
             # constriction signals data that no symbol sequence could have produced with AssertionError
             raise EntropyError(f"invalid coded data ({e})") from None
 
-    def _decode(self, payload: bytes, z_shape: tuple[int, int, int], y_hw: tuple[int, int]) -> np.ndarray:
+    def _decode(self, payload: bytes, z_shape: tuple[int, int, int], y_hw: tuple[int, int], first_group: int) -> np.ndarray:
         if len(payload) % 4:
             raise EntropyError("coded tile length is not a multiple of 4 bytes")
         words = np.frombuffer(payload, dtype=np.uint32)
@@ -353,7 +359,7 @@ class EntropyCoder:
             b0, b1 = bounds[k], bounds[k + 1]
             if b0 == b1:
                 continue
-            if k < self.first_group:
+            if k < first_group:
                 coded[b0:b1] = 0
                 continue
             r = int(self.y_radius[k])

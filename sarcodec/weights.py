@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .config import ModelConfig
-from .entropy import EntropyCoder, IntHyperSynthesis, output_gains
+from .entropy import NUM_SCALES, EntropyCoder, IntHyperSynthesis, output_gains
 from .runtime import CodecModel, LotModel, TorchModel
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 FORMAT = "sarcodec-weights"
 DEFAULT_MODEL = "sarcodec-hp2.pt"
-PRESETS = {"default": DEFAULT_MODEL, "fast": "sarcodec-fast1.npz"}
+PRESETS = {"default": DEFAULT_MODEL, "fast": "sarcodec-fast2.npz"}
 FLOAT_PARTS = ("g_a", "g_s", "h_a", "gains")
 SUFFIXES = (".pt", ".npz")
 
@@ -185,6 +185,8 @@ def load(path: str | Path | None = None, preset: str = "default") -> CodecModel:
     path = Path(path) if path is not None else default_weights_path(preset)
     blob = _read_blob(path)
     cfg = ModelConfig.from_dict(blob["config"])
+    if cfg.skip_groups and (len(cfg.skip_groups) != cfg.qualities or not all(0 <= k <= NUM_SCALES for k in cfg.skip_groups)):
+        raise WeightsError(f"{path}: skip_groups {cfg.skip_groups} invalid")
     ihs = IntHyperSynthesis.from_state(blob["int"], cfg.latent)
     coder = EntropyCoder(ihs, _np(blob["z_pmf"]), _np(blob["y_pmf"]), _np(blob["y_radius"]), cfg.skip_min_scale)
     n_int = sum(int(np.prod(layer.weight.shape)) + layer.bias.size for layer in ihs.layers)

@@ -80,18 +80,43 @@ def test_export_reload_continues_training_exactly(random_fast):
         assert torch.allclose(a.float(), b.float(), atol=1.0 / 2**12), k
 
 
-def test_skipped_latents_are_not_coded(random_fast):
+@pytest.mark.parametrize("first_group", [None, 3, 12, 64])
+def test_skipped_latents_are_not_coded(random_fast, first_group):
     _, path = random_fast
     rt = load(path)
-    z = np.zeros((16, 2, 2), dtype=np.int64)
+    z = np.random.default_rng(1).integers(-2, 3, (16, 2, 2))
     mean, sidx = rt.coder.hs(z)
     y = np.random.default_rng(0).normal(0, 2, (64, 8, 8)).astype(np.float32)
-    payload, y_hat, _ = rt.coder.encode(z, y)
-    back = rt.coder.decode(payload, z.shape, (8, 8))
+    payload, y_hat, bits = rt.coder.encode(z, y, first_group)
+    back = rt.coder.decode(payload, z.shape, (8, 8), first_group)
     assert np.array_equal(back, y_hat)
-    skipped = sidx == 0
-    if skipped.any():  # y_hat is the mean there, whatever y was
-        assert np.all(y_hat[skipped] == np.broadcast_to(np.pad(mean / 2**A_FRAC_BITS, ((0, 63), (0, 0), (0, 0))), y.shape)[skipped])
+    skipped = sidx < (1 if first_group is None else first_group)
+    assert skipped.any()
+    # y_hat is the mean there, whatever y was
+    assert np.all(y_hat[skipped] == np.broadcast_to(np.pad(mean / 2**A_FRAC_BITS, ((0, 63), (0, 0), (0, 0))), y.shape)[skipped])
+    if first_group == 64:  # nothing but z coded
+        assert bits == rt.coder.encode(z, np.zeros_like(y), 64)[2]
+
+
+def test_skip_groups_per_quality_roundtrip_and_validation(s1_array, tmp_path):
+    fast = load(sarcodec.weights.default_weights_path("fast"))
+    assert fast.cfg.skip_groups and fast.cfg.first_coded_group(1) == fast.cfg.skip_groups[0]
+    src = s1_array[0, :256, :256]
+    sizes = []
+    for groups in ([1] * 8, [12] * 8):
+        fast.cfg.skip_groups = groups
+        data = sarcodec.encode_array(src, 4, model=fast)
+        out, _ = sarcodec.decode_array(data, model=fast)
+        sizes.append(len(data))
+        assert metrics.psnr(src, out[0], 255.0) > 20.0
+    assert sizes[1] < sizes[0]
+    cfg = ModelConfig.fast()
+    assert cfg.first_coded_group(3) == 1 and "skip_groups" not in cfg.to_dict()
+    m = SarCodecModel(cfg)
+    m.cfg.skip_groups = [70] * 8
+    export(m, tmp_path / "bad.npz")
+    with pytest.raises(sarcodec.weights.WeightsError, match="skip_groups"):
+        load(tmp_path / "bad.npz")
 
 
 def test_shipped_fast_model_roundtrip_and_auto_selection(s1_array):
