@@ -379,14 +379,18 @@ class SarCodecModel(nn.Module):
         mean, sidx = self.h_s(z_hat)
         scale = index_to_scale(sidx)
         y_hat = _ste_round(y - mean) + mean
-        if self.cfg.skip_min_scale:  # not coded where the scale index rounds to 0: y_hat = mean
-            y_hat = torch.where(sidx < 0.5, mean, y_hat)
+        # not coded where the scale index rounds below the quality's first coded group: y_hat = mean, 0 bits
+        # (the coder clamps the index to 0..63, so K = 0 skips nothing and K >= 1 includes negative indices)
+        first = torch.tensor([self.cfg.first_coded_group(k + 1) for k in range(self.cfg.qualities)], device=q.device)[q]
+        first = first.to(sidx.dtype)[:, None, None, None]
+        skip = (first > 0) & (sidx < first - 0.5)
+        y_hat = torch.where(skip, mean, y_hat)
         if noise:
             z_r = z + torch.empty_like(z).uniform_(-0.5, 0.5)
             y_r = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         else:
             z_r, y_r = z_hat, y_hat
-        p_y = gaussian_likelihood(y_r, mean, scale).clamp_min(1e-9)
+        p_y = torch.where(skip, 1.0, gaussian_likelihood(y_r, mean, scale).clamp_min(1e-9))
         p_z = self.prior.likelihood(z_r).clamp_min(1e-9)
         x_hat = self.g_s(y_hat * self.gains.igain(q))
         return {"x_hat": x_hat, "p_y": p_y, "p_z": p_z}

@@ -55,3 +55,32 @@ def test_training_can_start_from_exported_weights(tmp_path):
     a = export(m, tmp_path / "a.pt")
     b = export(training_model_from_weights(tmp_path / "a.pt"), tmp_path / "b.pt")
     assert a == b  # the exported file is a faithful seed for further training
+
+
+def test_training_pass_simulates_the_skipped_latents():
+    """Where the coder skips a latent (scale index below the quality's first coded group), the
+    training pass must reconstruct from its mean and charge no bits, as the coder does."""
+    import torch
+
+    from sarcodec.model import ModelConfig, SarCodecModel
+
+    torch.manual_seed(0)
+    m = SarCodecModel(ModelConfig(c4=8, c8=8, c16=8, hyper=8, hyper_hidden=8)).eval()
+    with torch.no_grad():
+        m.h_s.convs[-1].bias.add_(torch.randn_like(m.h_s.convs[-1].bias))  # spread the scale indices around 16
+    x = torch.rand(4, 1, 64, 64)
+    q = torch.tensor([0, 2, 4, 2])
+    seen = {}
+    m.h_s.register_forward_hook(lambda mod, inp, out: seen.update(sidx=out[1].detach()))
+    with torch.no_grad():
+        plain = m(x, q, noise=False)
+        k = int(seen["sidx"].median().round())
+        m.cfg.skip_groups = [0, 0, k, 0, 64, 0, 0, 0]
+        out = m(x, q, noise=False)
+    sidx, p = seen["sidx"], out["p_y"]
+    assert torch.all(p[2] == 1.0)  # K = 64: nothing coded, no bits
+    skipped = sidx[[1, 3]] < k - 0.5
+    assert skipped.any() and (~skipped).any()
+    assert torch.all(p[[1, 3]][skipped] == 1.0) and torch.all(p[[1, 3]][~skipped] == plain["p_y"][[1, 3]][~skipped])
+    assert torch.equal(p[0], plain["p_y"][0])  # K = 0 skips nothing
+    assert not torch.equal(out["x_hat"][1], plain["x_hat"][1])  # skipped latents reconstruct from their mean
