@@ -358,20 +358,22 @@ def train(
     preset: str = typer.Option("default", help="Architecture to train from scratch: default or fast (ignored with --init/--resume)."),
 ) -> None:
     """Train a model (rate-distortion, all eight qualities at once) and export it."""
+    from .config import ModelConfig
     from .train import TrainConfig, train as run
+    from .weights import PRESETS
 
     with _errors():
         if crop % 64:
             _fail("--crop must be a multiple of 64", 2)
-        if preset not in ("default", "fast"):
-            _fail("--preset must be default or fast", 2)
+        if preset not in PRESETS:
+            _fail(f"--preset must be one of {', '.join(PRESETS)}", 2)
         cfg = TrainConfig(
             data=[str(d) for d in data], out=str(out), val=[str(v) for v in (val or [])], val_split=val_split, steps=steps,
             max_minutes=max_minutes, batch=batch, crop=crop, lr=lr, seed=seed, val_every=val_every,
             checkpoint_every=checkpoint_every, resume=resume, compile=compile, device=device, threads=threads,
             init=str(init) if init else "",
             lambdas=[float(v) for v in lambdas.split(",")] if lambdas else [],
-            model={"preset": "fast"} if preset == "fast" else {},
+            model=(ModelConfig.fast() if preset == "fast" else ModelConfig()).to_dict(),
         )
         run(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
 

@@ -51,7 +51,7 @@ class TrainConfig:
     compile: bool = False
     device: str = "auto"
     threads: int = 0
-    model: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)  # architecture: ModelConfig.to_dict() (empty: the default model)
 
 
 def list_rasters(paths: list[str]) -> list[Path]:
@@ -182,10 +182,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
 
     out = Path(cfg.out)
     ckpt_path = out.with_suffix(".ckpt")
-    if cfg.model.get("preset") == "fast":
-        model_cfg = ModelConfig.fast()
-    else:
-        model_cfg = ModelConfig.from_dict(cfg.model) if cfg.model else ModelConfig()
+    model_cfg = ModelConfig.from_dict(cfg.model) if cfg.model else ModelConfig()
     if cfg.init and not (cfg.resume and ckpt_path.exists()):
         from .weights import training_model_from_weights
 

@@ -84,3 +84,18 @@ def test_training_pass_simulates_the_skipped_latents():
     assert torch.all(p[[1, 3]][skipped] == 1.0) and torch.all(p[[1, 3]][~skipped] == plain["p_y"][[1, 3]][~skipped])
     assert torch.equal(p[0], plain["p_y"][0])  # K = 0 skips nothing
     assert not torch.equal(out["x_hat"][1], plain["x_hat"][1])  # skipped latents reconstruct from their mean
+
+
+def test_cli_trains_the_fast_preset(tmp_path):
+    from .conftest import run_cli
+
+    files = sorted(need(EVAL / "mstar-xband-8bit").glob("*.jpg"))[:4]
+    args = [a for f in files for a in ("--data", f)]
+    out = tmp_path / "f.npz"
+    r = run_cli("train", *args, "--out", out, "--preset", "fast", "--steps", "2", "--batch", "2", "--crop", "64",
+                "--val-split", "0.25", "--val-every", "2", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    m = load(out)
+    assert m.cfg.transform == "lot8" and m.cfg.skip_min_scale and m.stride == 8
+    r = run_cli("train", *args, "--out", tmp_path / "g.pt", "--preset", "tiny")
+    assert r.returncode == 2 and "--preset must be one of default, fast" in r.stderr
