@@ -278,7 +278,7 @@ class Decoder:
         s = g.stride
         u = u[r0 - wl0 * s : r1 - wl0 * s, c0 - wk0 * s : c1 - wk0 * s]
         mapping = self.mappings[band]
-        vals = mapping.inverse32(np.clip(u, *U_CLIP))
+        vals = mapping.inverse(np.clip(u, *U_CLIP), np.float32)
         out = to_dtype(vals, np.dtype(self.h.dtype))
         if mask is not None:
             cls = np.frombuffer(mask, dtype=np.uint8).reshape(out.shape)

@@ -70,21 +70,14 @@ class BandMapping:
             v = self.factor * np.log10(np.maximum(v, self.floor))
         return ((v - self.lo) / (self.hi - self.lo)).astype(np.float32)
 
-    def inverse(self, u: np.ndarray) -> np.ndarray:
-        """Normalised -> values (float64, not yet rounded or clipped)."""
-        d = u.astype(np.float64) * (self.hi - self.lo) + self.lo
+    def inverse(self, u: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+        """Normalised -> values (not yet rounded or clipped), computed in ``dtype``: float64, or float32
+        for the decoder (~4x faster; relative error ~1e-6, far below the coding error, and below 0.1
+        of a unit for 16-bit integers)."""
+        t = np.dtype(dtype).type
+        d = u.astype(dtype, copy=False) * t(self.hi - self.lo) + t(self.lo)
         if self.domain == "log":
-            return np.power(10.0, d / self.factor)
-        return d
-
-    def inverse32(self, u: np.ndarray) -> np.ndarray:
-        """``inverse`` in float32 (the decoder's path: ~4x faster; relative error ~1e-6, far below
-        the coding error, and below 0.1 of a unit for 16-bit integers)."""
-        a = np.float32(self.hi - self.lo)
-        b = np.float32(self.lo)
-        d = u.astype(np.float32, copy=False) * a + b
-        if self.domain == "log":
-            return np.exp(d * np.float32(math.log(10.0) / self.factor))
+            return np.exp(d * t(math.log(10.0) / self.factor))
         return d
 
     def to_db(self, v: np.ndarray) -> np.ndarray:
