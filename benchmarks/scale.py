@@ -7,7 +7,7 @@
    nodata (0) border on the left and a slanted one at the top, as in real GRD scenes. Written
    window by window; nothing is committed.
 2. Runs ``sarcodec encode`` and ``sarcodec decode`` as separate processes and reports wall time
-   and peak RSS (the process and its tile workers together).
+   and peak memory (the process and its tile workers together, shared pages counted once).
 3. Seams: PSNR of the dB image in 8-pixel bands centred on every tile border vs the interior.
 4. Nodata: decoded nodata pixels must equal the input's exactly; bytes spent on all-nodata tiles.
 5. Speed: the CLI (whole process, wall time) of each preset on a speed-size^2 real-derived image vs
@@ -76,42 +76,50 @@ def build_mosaic(path: Path, size: int, with_nodata: bool = True) -> None:
                 ds.write(blk, 1, window=Window(c0, r0, w, h))
 
 
-def _tree_rss(pid: int) -> float:
-    """RSS (MiB) of a process and all its descendants (the CLI's tile workers): the process's own
-    peak (VmHWM) plus its workers' current RSS."""
-    total, todo = 0.0, [pid]
+def _kib(path: Path, field: str) -> float:
+    for line in path.read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def _tree(pid: int) -> list[int]:
+    """A process and all its descendants (the CLI's tile workers)."""
+    out, todo = [], [pid]
     while todo:
         q = todo.pop()
+        out.append(q)
         try:
-            for line in Path(f"/proc/{q}/status").read_text().splitlines():
-                if line.startswith("VmHWM:" if q == pid else "VmRSS:"):
-                    total += int(line.split()[1]) / 1024.0
             for t in Path(f"/proc/{q}/task").iterdir():
                 todo += [int(c) for c in (t / "children").read_text().split()]
         except (OSError, ValueError):
             pass
-    return total
+    return out
 
 
 def run_measured(args: list[str]) -> tuple[float, float, str]:
-    """Run a command; return (wall seconds, peak RSS MiB, stderr).
+    """Run a command; return (wall seconds, peak memory MiB, stderr).
 
-    Peak RSS: the process's own peak plus the largest sum of its worker processes' resident memory,
-    polled from /proc every 10 ms (getrusage of a forked child would also count the parent's pages
-    at fork time; per-process VmHWM peaks cannot be added up).  Pages that forked workers share
-    with the parent are counted once per process, so this is an upper bound.
+    Peak memory: the larger of the process's own peak RSS (VmHWM) and the largest sum, polled every
+    10 ms, of the proportional set size (PSS) of the process and its worker processes -- physical
+    memory of the whole tree, pages shared between the forked workers counted once.  (getrusage of
+    a forked child would also count the parent's pages at fork time.)
     """
     t = time.perf_counter()
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    peak = 0.0
+    peak_main = peak_tree = 0.0
     while p.poll() is None:
-        peak = max(peak, _tree_rss(p.pid))
+        try:
+            peak_main = max(peak_main, _kib(Path(f"/proc/{p.pid}/status"), "VmHWM:"))
+            peak_tree = max(peak_tree, sum(_kib(Path(f"/proc/{q}/smaps_rollup"), "Pss:") for q in _tree(p.pid)))
+        except (OSError, ValueError):
+            pass
         time.sleep(0.01)
     wall = time.perf_counter() - t
     err = p.stderr.read() if p.stderr else ""
     if p.returncode != 0:
         sys.exit(f"command failed: {' '.join(args)}\n{err}")
-    return wall, peak, err.strip()
+    return wall, max(peak_main, peak_tree), err.strip()
 
 
 def cli(*a: object) -> list[str]:
@@ -193,8 +201,8 @@ def main() -> None:
             rows = [
                 ("mosaic", f"{args.size} x {args.size} uint16, q{args.quality}, tile {args.tile}, preset {preset}"),
                 ("file size", f"{sarc.stat().st_size:,} bytes, {bpp:.3f} bpp"),
-                ("encode", f"{we:.1f} s, {mpix / we:.2f} MPix/s, peak RSS {me:.0f} MiB"),
-                ("decode", f"{wd:.1f} s, {mpix / wd:.2f} MPix/s, peak RSS {md:.0f} MiB"),
+                ("encode", f"{we:.1f} s, {mpix / we:.2f} MPix/s, peak memory {me:.0f} MiB"),
+                ("decode", f"{wd:.1f} s, {mpix / wd:.2f} MPix/s, peak memory {md:.0f} MiB"),
                 ("seams (PSNR dB image)", f"8-px tile-border bands {pb:.2f} dB vs interior {pi:.2f} dB (diff {pb - pi:+.2f})"),
                 ("nodata exact", str(nodata_check(src, dec))),
                 ("all-nodata tiles", f"{n_empty} tiles, {b_empty} bytes in all"),
@@ -224,8 +232,8 @@ def main() -> None:
         rows = [
             (f"[{preset}] file", f"{8 * sarc.stat().st_size / (s * s):.3f} bpp, PSNR of the dB image {psnr:.2f} dB "
                                  f"(OpenJPEG at {jbpp:.3f} bpp)"),
-            (f"[{preset}] CLI encode", f"{mp / we:.2f} MPix/s ({we:.2f} s whole process, peak RSS {me:.0f} MiB)"),
-            (f"[{preset}] CLI decode", f"{mp / wd:.2f} MPix/s ({wd:.2f} s whole process, peak RSS {md:.0f} MiB)"),
+            (f"[{preset}] CLI encode", f"{mp / we:.2f} MPix/s ({we:.2f} s whole process, peak memory {me:.0f} MiB)"),
+            (f"[{preset}] CLI decode", f"{mp / wd:.2f} MPix/s ({wd:.2f} s whole process, peak memory {md:.0f} MiB)"),
             ("OpenJPEG encode (2 thr)", f"{mp / je:.2f} MPix/s in-process (array in memory); {mp / pe:.2f} MPix/s as a "
                                         f"whole process (read GeoTIFF, write .j2k)"),
             ("OpenJPEG decode (2 thr)", f"{mp / jd:.2f} MPix/s in-process; {mp / pd:.2f} MPix/s as a whole process "
