@@ -273,7 +273,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         step += 1
         if time.time() - t_log > 60:
             t_log = time.time()
-            log(f"step {step} loss {float(loss):.4f} bpp {float(bpp.mean()):.3f} lr {lr:.2e} skipped {skipped} elapsed {elapsed() / 60:.1f} min")
+            log(f"step {step} loss {loss.item():.4f} bpp {bpp.mean().item():.3f} lr {lr:.2e} skipped {skipped} elapsed {elapsed() / 60:.1f} min")
         if step % cfg.val_every == 0 or step == cfg.steps:
             v = validate(model, val_x, device)
             history.append({"step": step, "elapsed_min": elapsed() / 60, **v})
