@@ -150,6 +150,12 @@ class Grid:
         lt = self.tile // self.stride
         return ty * lt, min((ty + 1) * lt, self.lat_h), tx * lt, min((tx + 1) * lt, self.lat_w)
 
+    def neighbours(self, ty: int, tx: int) -> Iterator[tuple[int, int]]:
+        """The tile and its (up to 8) neighbours, row by row: whose latents its synthesis may need."""
+        for ny in range(max(0, ty - 1), min(self.tiles_y, ty + 2)):
+            for nx in range(max(0, tx - 1), min(self.tiles_x, tx + 2)):
+                yield ny, nx
+
 
 def _pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
     if a.shape == (h, w):
@@ -231,11 +237,10 @@ class Decoder:
         """The tiles whose latents decoding ``tiles`` in this order needs, in the order ``_latent`` asks for them."""
         seen: set[tuple[int, int, int]] = set()
         for band, ty, tx in tiles:
-            for ny in range(max(0, ty - 1), min(self.grid.tiles_y, ty + 2)):
-                for nx in range(max(0, tx - 1), min(self.grid.tiles_x, tx + 2)):
-                    if (band, ny, nx) not in seen:
-                        seen.add((band, ny, nx))
-                        yield band, ny, nx
+            for ny, nx in self.grid.neighbours(ty, tx):
+                if (band, ny, nx) not in seen:
+                    seen.add((band, ny, nx))
+                    yield band, ny, nx
 
     def _latent(self, band: int, ty: int, tx: int) -> tuple[np.ndarray, bytes | None]:
         key = (band, ty, tx)
@@ -259,30 +264,27 @@ class Decoder:
         wl0, wl1 = max(0, l0 - halo), min(g.lat_h, l1 + halo)
         wk0, wk1 = max(0, k0 - halo), min(g.lat_w, k1 + halo)
         ywin = np.zeros((self.model.cfg.latent, wl1 - wl0, wk1 - wk0), dtype=np.float32)
-        for ny in range(max(0, ty - 1), min(g.tiles_y, ty + 2)):
-            for nx in range(max(0, tx - 1), min(g.tiles_x, tx + 2)):
-                y, _ = self._latent(band, ny, nx)  # every neighbour, in the order ``needed`` yields them
-                a0, a1, b0, b1 = g.latents(ny, nx)
-                i0, i1, j0, j1 = max(a0, wl0), min(a1, wl1), max(b0, wk0), min(b1, wk1)
-                if i0 >= i1 or j0 >= j1:
-                    continue
-                ywin[:, i0 - wl0 : i1 - wl0, j0 - wk0 : j1 - wk0] = y[:, i0 - a0 : i1 - a0, j0 - b0 : j1 - b0]
+        for ny, nx in g.neighbours(ty, tx):  # the order ``needed`` yields them in
+            y, _ = self._latent(band, ny, nx)
+            a0, a1, b0, b1 = g.latents(ny, nx)
+            i0, i1, j0, j1 = max(a0, wl0), min(a1, wl1), max(b0, wk0), min(b1, wk1)
+            if i0 >= i1 or j0 >= j1:
+                continue
+            ywin[:, i0 - wl0 : i1 - wl0, j0 - wk0 : j1 - wk0] = y[:, i0 - a0 : i1 - a0, j0 - b0 : j1 - b0]
         _, mask = self._latent(band, ty, tx)
         r0, r1, c0, c1 = g.pixels(ty, tx)
-        if mask is not None and not (np.frombuffer(mask, dtype=np.uint8) == CLASS_VALID).any():
-            nod = self.h.nodata if self.h.nodata is not None else (np.nan if np.dtype(self.h.dtype).kind == "f" else 0)
-            out = np.full((r1 - r0, c1 - c0), nod, dtype=self.h.dtype)  # no valid pixel: no synthesis
-            out[np.frombuffer(mask, dtype=np.uint8).reshape(out.shape) == CLASS_ZERO] = 0
+        dtype = np.dtype(self.h.dtype)
+        cls = None if mask is None else np.frombuffer(mask, dtype=np.uint8).reshape(r1 - r0, c1 - c0)
+        nod = self.h.nodata if self.h.nodata is not None else (np.nan if dtype.kind == "f" else 0)
+        if cls is not None and not (cls == CLASS_VALID).any():
+            out = np.full(cls.shape, nod, dtype=dtype)  # no valid pixel: no synthesis
+            out[cls == CLASS_ZERO] = 0
             return out
         u = self.model.synthesis(ywin, self.h.quality)
         s = g.stride
         u = u[r0 - wl0 * s : r1 - wl0 * s, c0 - wk0 * s : c1 - wk0 * s]
-        mapping = self.mappings[band]
-        vals = mapping.inverse(np.clip(u, *U_CLIP), np.float32)
-        out = to_dtype(vals, np.dtype(self.h.dtype))
-        if mask is not None:
-            cls = np.frombuffer(mask, dtype=np.uint8).reshape(out.shape)
-            nod = self.h.nodata if self.h.nodata is not None else (np.nan if out.dtype.kind == "f" else 0)
+        out = to_dtype(self.mappings[band].inverse(np.clip(u, *U_CLIP), np.float32), dtype)
+        if cls is not None:
             out[cls == CLASS_NODATA] = nod
             out[cls == CLASS_ZERO] = 0
         return out
