@@ -531,7 +531,7 @@ def info(src: str | Path) -> dict:
         h = reader.header
     size = src.stat().st_size
     return {
-        "file": str(src), "format_version": f"{bitstream.MAJOR}.{bitstream.MINOR}", "width": h.width, "height": h.height,
+        "file": str(src), "format_version": "{}.{}".format(*reader.version), "width": h.width, "height": h.height,
         "bands": h.bands, "dtype": h.dtype, "quality": h.quality, "model": h.model_name, "model_id": h.model_id,
         "bytes": size, "bpp": 8.0 * size / (h.width * h.height * h.bands), "tile": h.tile, "tiles": h.n_tiles,
         "crs": h.crs, "transform": h.transform, "gcps": len(h.gcps), "nodata": h.nodata,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 import struct
 import zlib
 
@@ -12,8 +13,11 @@ import torch
 import sarcodec
 from sarcodec import bitstream
 from sarcodec.bitstream import FormatError, Header
+from sarcodec.weights import bundled_path
 from sarcodec.entropy import Z_RADIUS, IntHyperSynthesis, build_y_tables, quantize_pmf
 from sarcodec.model import A_FRAC_BITS, ModelConfig, SarCodecModel
+
+from .conftest import EVAL, need
 
 
 def small_file(model, s1_array) -> bytes:
@@ -147,3 +151,35 @@ def test_tile_payload_mask_bomb_rejected():
     bad = bytes([1]) + struct.pack("<I", len(z)) + z
     with pytest.raises(FormatError, match="unknown classes"):
         bitstream.unpack_tile(bad, 100)
+
+
+def test_header_dictionary_is_frozen():
+    # Format-2 headers are deflated against HEADER_DICT: any edit to it breaks every file written.
+    assert zlib.crc32(bitstream.HEADER_DICT) == 0xF6B47038 and len(bitstream.HEADER_DICT) == 1228
+
+
+def test_format_1_1_file_still_decodes(tmp_path):
+    # Written by sarcodec before format 2 (hp3, q3) from a real OpenSARShip chip (2 bands, uint16).
+    # Format 2 changed only how the header is stored: re-encoding the same chip must give the same
+    # tile payloads, so the old file decodes to exactly what a new file decodes to.
+    old = Path(__file__).parent / "data" / "format-1.1-opensarship-q3.sarc"
+    src = need(EVAL / "float" / "opensarship-grd-dn-cargo_x11505_y10248.tif")
+    new = tmp_path / "new.sarc"
+    sarcodec.encode_file(src, new, quality=3, model=sarcodec.load_model(bundled_path("sarcodec-hp3.pt")))
+    assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "2.0"
+    old_b, new_b = old.read_bytes(), new.read_bytes()
+    r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
+    r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
+    assert r_old.header == r_new.header
+    assert [r_old.payload(i) for i in range(2)] == [r_new.payload(i) for i in range(2)]
+    assert len(new_b) < len(old_b) - 150  # the dictionary-deflated header
+    a, _ = sarcodec.decode_array(old_b)
+    b, _ = sarcodec.decode_array(new_b)
+    assert a.dtype == np.uint16 and np.array_equal(a, b)
+
+
+def test_unknown_major_version_is_named(model, s1_array):
+    data = bytearray(small_file(model, s1_array))
+    data[4] = 3
+    with pytest.raises(FormatError, match=r"version 3\.0 .*reads 1\.x and 2\.x"):
+        sarcodec.decode_array(bytes(data), model=model)

@@ -33,9 +33,9 @@ def layout(data: bytes) -> dict:
 def with_header(data: bytes, edit) -> bytes:
     """Rewrite the JSON header (valid CRC) and shift the tile offsets accordingly."""
     lay = layout(data)
-    h = json.loads(zlib.decompress(data[16 : 16 + lay["hlen"]]))
+    h = json.loads(bitstream.inflate_header(data[16 : 16 + lay["hlen"]]))
     edit(h)
-    hj = zlib.compress(json.dumps(h).encode())
+    hj = bitstream.deflate_header(json.dumps(h).encode())
     shift = len(hj) - lay["hlen"]
     entries = [struct.unpack_from("<QII", data, lay["tstart"] + 4 + 16 * i) for i in range(lay["n"])]
     entries = [bitstream.TileEntry(o + shift, ln, c) for o, ln, c in entries]
@@ -82,9 +82,10 @@ def mutations(base: bytes, rng: np.random.Generator, count: int):
         for d in (-1, 0, 1):
             if 0 <= b + d < len(base):
                 yield "truncate", base[: b + d]
-    yield "header", bitstream.prelude(zlib.compress(b"[1, 2")) + base[16 + lay["hlen"] :]
-    yield "header", bitstream.prelude(b"not zlib at all") + base[16 + lay["hlen"] :]
-    yield "header", bitstream.prelude(zlib.compress(b" " * (17 * 2**20))) + base[16 + lay["hlen"] :]  # inflation bomb
+    yield "header", bitstream.prelude(bitstream.deflate_header(b"[1, 2")) + base[16 + lay["hlen"] :]
+    yield "header", bitstream.prelude(b"not deflate at all") + base[16 + lay["hlen"] :]
+    yield "header", bitstream.prelude(bitstream.deflate_header(b" " * (17 * 2**20))) + base[16 + lay["hlen"] :]  # inflation bomb
+    yield "header", bitstream.prelude(zlib.compress(b"{}")) + base[16 + lay["hlen"] :]  # a format-1 header in a format-2 file
     for edit in HEADER_EDITS:
         try:
             yield "header", with_header(base, edit)
