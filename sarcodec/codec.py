@@ -283,7 +283,8 @@ class Decoder:
         u = self.model.synthesis(ywin, self.h.quality)
         s = g.stride
         u = u[r0 - wl0 * s : r1 - wl0 * s, c0 - wk0 * s : c1 - wk0 * s]
-        out = to_dtype(self.mappings[band].inverse(np.clip(u, *U_CLIP), np.float32), dtype)
+        np.clip(u, *U_CLIP, out=u)  # u is this call's own array
+        out = to_dtype(self.mappings[band].inverse(u, np.float32), dtype)
         if cls is not None:
             out[cls == CLASS_NODATA] = nod
             out[cls == CLASS_ZERO] = 0

@@ -265,8 +265,7 @@ def coding_order(flat_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class EntropyCoder:
     """Codes one tile's (z, y) with the fixed tables and the integer hyper-synthesis."""
 
-    def __init__(self, hs: IntHyperSynthesis, z_pmf: np.ndarray, y_pmf: np.ndarray, y_radius: np.ndarray,
-                 skip_min_scale: bool = False) -> None:
+    def __init__(self, hs: IntHyperSynthesis, z_pmf: np.ndarray, y_pmf: np.ndarray, y_radius: np.ndarray) -> None:
         self.hs = hs
         self.z_pmf = np.asarray(z_pmf).astype(np.int64)
         self.y_pmf = np.asarray(y_pmf).astype(np.int64)
@@ -275,18 +274,16 @@ class EntropyCoder:
         self.y_radius = np.asarray(y_radius).astype(np.int64)
         self.y_models = [cat(row[: 2 * r + 3].astype(np.float64), perfect=False) for row, r in zip(self.y_pmf, self.y_radius)]
         self.escape_model = constriction.stream.model.Uniform(2**ESCAPE_BITS)
-        self.first_group = 1 if skip_min_scale else 0  # scale-index groups below this are not coded (default)
 
     def hyper(self, z_sym: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.hs(z_sym)
 
-    def encode(self, z_sym: np.ndarray, y: np.ndarray, first_group: int | None = None) -> tuple[bytes, np.ndarray, float]:
+    def encode(self, z_sym: np.ndarray, y: np.ndarray, first_group: int) -> tuple[bytes, np.ndarray, float]:
         """z_sym: int (Cz, hz, wz); y: float (M, h, w), h <= 4hz, w <= 4wz; scale-index groups below
-        ``first_group`` (default: the model's) are not coded.
+        ``first_group`` (``ModelConfig.first_coded_group(quality)``) are not coded.
 
         Returns (payload, y_hat, ideal bits: the information content of the symbols under the tables).
         """
-        first_group = self.first_group if first_group is None else first_group
         enc = constriction.stream.queue.RangeEncoder()
         z_sym = np.clip(z_sym, -Z_RADIUS, Z_RADIUS).astype(np.int64)
         bits = 0.0
@@ -329,11 +326,10 @@ class EntropyCoder:
         y_hat[:m] += mean
         return enc.get_compressed().tobytes(), y_hat.astype(np.float32), bits
 
-    def decode(self, payload: bytes, z_shape: tuple[int, int, int], y_hw: tuple[int, int],
-               first_group: int | None = None) -> np.ndarray:
+    def decode(self, payload: bytes, z_shape: tuple[int, int, int], y_hw: tuple[int, int], first_group: int) -> np.ndarray:
         """Inverse of ``encode``: returns y_hat float32 (M, *y_hw); EntropyError on invalid data."""
         try:
-            return self._decode(payload, z_shape, y_hw, self.first_group if first_group is None else first_group)
+            return self._decode(payload, z_shape, y_hw, first_group)
         except EntropyError:
             raise
         except (AssertionError, ValueError, RuntimeError, OverflowError, IndexError) as e:

@@ -40,10 +40,11 @@ def _overlap_add(first, second, axis: int):
         return torch.cat([first, zero], axis) + torch.cat([zero, second], axis)
     shape = list(first.shape)
     shape[axis] += 1
-    out = np.zeros(shape, dtype=first.dtype)
+    out = np.empty(shape, dtype=first.dtype)
     n = first.shape[axis]
     lead = (slice(None),) * (axis % first.ndim)
     out[lead + (slice(0, n),)] = first
+    out[lead + (slice(n, n + 1),)] = 0
     out[lead + (slice(1, n + 1),)] += second
     return out
 

@@ -75,9 +75,11 @@ class BandMapping:
         for the decoder (~4x faster; relative error ~1e-6, far below the coding error, and below 0.1
         of a unit for 16-bit integers)."""
         t = np.dtype(dtype).type
-        d = u.astype(dtype, copy=False) * t(self.hi - self.lo) + t(self.lo)
+        d = np.multiply(u, t(self.hi - self.lo), dtype=dtype)  # one new array, then in place
+        d += t(self.lo)
         if self.domain == "log":
-            return np.exp(d * t(math.log(10.0) / self.factor))
+            d *= t(math.log(10.0) / self.factor)
+            np.exp(d, out=d)
         return d
 
     def to_db(self, v: np.ndarray) -> np.ndarray:
@@ -131,9 +133,10 @@ def fit_mapping(dtype: np.dtype, sample: np.ndarray, domain: str) -> BandMapping
 
 
 def to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Round and clip to an integer dtype; cast floats."""
+    """Round and clip to an integer dtype; cast floats.  Rounds ``values`` (a float array) in place."""
     dtype = np.dtype(dtype)
     if dtype.kind in "ui":
         info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-    return values.astype(dtype)
+        np.rint(values, out=values)
+        np.clip(values, info.min, info.max, out=values)
+    return values.astype(dtype, copy=False)

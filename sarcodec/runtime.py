@@ -126,5 +126,7 @@ class LotModel(CodecModel):
         return _conv(x, p["h_a.out.weight"], p["h_a.out.bias"])
 
     def synthesis(self, y_hat: np.ndarray, quality: int) -> np.ndarray:
-        y = y_hat * self._igain[quality - 1][:, None, None]
-        return lot.synthesis(y.astype(np.float32), self.params["g_s.s"]) + self.params["g_s.bias"][0]
+        y = np.multiply(y_hat, self._igain[quality - 1][:, None, None], dtype=np.float32)
+        u = lot.synthesis(y, self.params["g_s.s"])
+        u += self.params["g_s.bias"][0]
+        return u

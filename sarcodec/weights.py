@@ -188,7 +188,7 @@ def load(path: str | Path | None = None, preset: str = "default") -> CodecModel:
     if cfg.skip_groups and (len(cfg.skip_groups) != cfg.qualities or not all(0 <= k <= NUM_SCALES for k in cfg.skip_groups)):
         raise WeightsError(f"{path}: skip_groups {cfg.skip_groups} invalid")
     ihs = IntHyperSynthesis.from_state(blob["int"], cfg.latent)
-    coder = EntropyCoder(ihs, _np(blob["z_pmf"]), _np(blob["y_pmf"]), _np(blob["y_radius"]), cfg.skip_min_scale)
+    coder = EntropyCoder(ihs, _np(blob["z_pmf"]), _np(blob["y_pmf"]), _np(blob["y_radius"]))
     n_int = sum(int(np.prod(layer.weight.shape)) + layer.bias.size for layer in ihs.layers)
     common = dict(name=str(blob["name"]), model_id=str(blob["model_id"]), meta=json.loads(str(blob["meta"])), coder=coder)
     if cfg.transform == "lot8":

@@ -99,3 +99,15 @@ def test_cli_trains_the_fast_preset(tmp_path):
     assert m.cfg.transform == "lot8" and m.cfg.skip_min_scale and m.stride == 8
     r = run_cli("train", *args, "--out", tmp_path / "g.pt", "--preset", "tiny")
     assert r.returncode == 2 and "--preset must be one of default, fast" in r.stderr
+
+
+def test_gaussian_multilook_keeps_the_mean_and_weakens_speckle():
+    rng = np.random.default_rng(0)
+    speckled = rng.gamma(1.0, 1.0, (96, 80))  # single-look intensity of a flat scene: ENL 1
+    ml = train_mod.gaussian_multilook(speckled, 1.5)
+    assert ml.shape == speckled.shape
+    assert abs(ml.mean() - speckled.mean()) < 0.02 * speckled.mean()
+    enl = ml.mean() ** 2 / ml.var()
+    assert 10 < enl < 60  # ~4 pi sigma^2 = 28 independent looks for a Gaussian window of sigma 1.5
+    flat = np.full((20, 30), 0.25)
+    assert np.allclose(train_mod.gaussian_multilook(flat, 2.0), 0.25)  # reflecting borders: no darkening at the edges
