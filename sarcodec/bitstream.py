@@ -34,10 +34,10 @@ Tile payload (one band, one tile of ``tile`` x ``tile`` pixels, smaller at the r
 
 Header JSON fields: see ``Header``; fields at their default value (no nodata, no GCPs, no band
 descriptions/units/tags, scales 1, offsets 0) are left out, which matters for small images (the
-header of a 256 x 256 georeferenced float32 image: 85 bytes in format 2, 300 in 1.1, 380 in 1.0).  Floats are written
-with Python's shortest round-trip repr, so the preprocessing parameters are bit-exact; NaN nodata
-is written as the string "nan"; CRSs are "EPSG:n" when that code reproduces them exactly, WKT
-otherwise.
+header of a 256 x 256 georeferenced float32 image: 85 bytes in format 2, 300 in 1.1, 380 in 1.0).
+Floats are written with Python's shortest round-trip repr, so the preprocessing parameters are
+bit-exact; NaN nodata is written as the string "nan"; CRSs are "EPSG:n" when that code reproduces
+them exactly, WKT otherwise.
 """
 from __future__ import annotations
 
