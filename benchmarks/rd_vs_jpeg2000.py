@@ -1,6 +1,7 @@
 """Rate-distortion of the shipped model against JPEG 2000 and JPEG XL on the evaluation data.
 
     python benchmarks/rd_vs_jpeg2000.py [--out bench-out] [--limit N] [--qualities 1-8] [--preset default|fast]
+                                        [--weights FILE] [--codecs ...] [--sets s1,float]
 
 Runs ``sarcodec bench`` on ``../shared/data/eval/s1-vh-8bit`` (PSNR on the 8-bit values) and on the
 full-range files of ``../shared/data/eval/float`` (PSNR of the dB image; complex SLC files are left
@@ -32,7 +33,11 @@ def main() -> None:
     ap.add_argument("--codecs", default="sarcodec,jpeg2000,jpeg2000-log,jpegxl,lossless")
     ap.add_argument("--preset", default="default", help="shipped model to measure: default or fast")
     ap.add_argument("--weights", type=Path, default=None, help="weights file to measure instead of a preset")
+    ap.add_argument("--sets", default="s1,float", help="evaluation sets: s1 (s1-vh-8bit), float, or both")
     args = ap.parse_args()
+    sets = set(args.sets.split(","))
+    if not sets or sets - {"s1", "float"}:
+        ap.error("--sets takes s1, float or s1,float")
     a, _, b = args.qualities.partition("-")
     qs = list(range(int(a), int(b or a) + 1)) if "," not in args.qualities else [int(x) for x in args.qualities.split(",")]
     # the float set without the complex SLC crops, as a folder of links so it stays one dataset
@@ -53,7 +58,7 @@ def main() -> None:
         for f in sorted((EVAL / "s1-vh-8bit").glob("*.tif"))[: args.limit]:
             (s1 / f.name).symlink_to(f)
     try:
-        res = run([s1, flt], args.out, args.codecs.split(","), qs, load(args.weights, args.preset))
+        res = run([d for d, name in ((s1, "s1"), (flt, "float")) if name in sets], args.out, args.codecs.split(","), qs, load(args.weights, args.preset))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print((args.out / "report.md").read_text())
