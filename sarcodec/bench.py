@@ -171,6 +171,19 @@ def _secant(encode: Callable[[float], bytes], target_bits: float, x0: float, x1:
         if any(abs(xn - p[0]) < 1e-9 for p in pts):
             break
         pts.append((xn, *f(xn)))
+    # the secant can stall on a rate curve with flat steps (tiny images): bisect a bracket instead
+    for _ in range(12):
+        if min(abs(p[1]) for p in pts) < 0.02:
+            break
+        below = [p for p in pts if p[1] < 0]
+        above = [p for p in pts if p[1] > 0]
+        if not below or not above:
+            break
+        xa, xb = max(below, key=lambda p: p[1])[0], min(above, key=lambda p: p[1])[0]
+        xn = tr[1]((tr[0](xa) + tr[0](xb)) / 2)
+        if any(abs(xn - p[0]) < 1e-9 for p in pts):
+            break
+        pts.append((xn, *f(xn)))
     return min(pts, key=lambda p: abs(p[1]))[2]
 
 

@@ -73,6 +73,7 @@ HEADER_DICT = b"".join([
     b'"model_id":"2c638ef49afc9b8c","model_name":"sarcodec-hp2"',
     b'"model_id":"b5a8647aacb153e7","model_name":"sarcodec-fast3"',
     b'"model_id":"36df587d9f8ae423","model_name":"sarcodec-hp3"',
+    b'"model_id":"2a1d1a0a53ba7f50","model_name":"sarcodec-hp4"',
     b'"dtype":"uint16"', b'"dtype":"int16"', b'"dtype":"uint8"',
     b'{"domain":"db","hi":0.0,"lo":-30.0}', b'{"domain":"identity","hi":255.0,"lo":0.0}',
     b'{"domain":"log","factor":20.0,"floor":1.0,"hi":60.0,"lo":20.0}',
