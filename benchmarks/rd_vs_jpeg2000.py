@@ -40,25 +40,29 @@ def main() -> None:
         ap.error("--sets takes s1, float or s1,float")
     a, _, b = args.qualities.partition("-")
     qs = list(range(int(a), int(b or a) + 1)) if "," not in args.qualities else [int(x) for x in args.qualities.split(",")]
-    # the float set without the complex SLC crops, as a folder of links so it stays one dataset
     tmp = Path(tempfile.mkdtemp(prefix="sarcodec-rd-"))
-    flt = tmp / "float"
-    flt.mkdir()
-    per_family: dict[str, int] = {}
-    for f in sorted((EVAL / "float").glob("*.tif")):
-        family = f.name.split("-")[0]
-        if "slc" in f.name or (args.limit and per_family.get(family, 0) >= args.limit):
-            continue
-        per_family[family] = per_family.get(family, 0) + 1
-        (flt / f.name).symlink_to(f)
-    s1 = EVAL / "s1-vh-8bit"
-    if args.limit:
-        s1 = tmp / "s1-vh-8bit"
-        s1.mkdir()
-        for f in sorted((EVAL / "s1-vh-8bit").glob("*.tif"))[: args.limit]:
-            (s1 / f.name).symlink_to(f)
+    dirs = []
+    if "s1" in sets:
+        s1 = EVAL / "s1-vh-8bit"
+        if args.limit:
+            s1 = tmp / "s1-vh-8bit"
+            s1.mkdir()
+            for f in sorted((EVAL / "s1-vh-8bit").glob("*.tif"))[: args.limit]:
+                (s1 / f.name).symlink_to(f)
+        dirs.append(s1)
+    if "float" in sets:  # without the complex SLC crops, as a folder of links so it stays one dataset
+        flt = tmp / "float"
+        flt.mkdir()
+        per_family: dict[str, int] = {}
+        for f in sorted((EVAL / "float").glob("*.tif")):
+            family = f.name.split("-")[0]
+            if "slc" in f.name or (args.limit and per_family.get(family, 0) >= args.limit):
+                continue
+            per_family[family] = per_family.get(family, 0) + 1
+            (flt / f.name).symlink_to(f)
+        dirs.append(flt)
     try:
-        res = run([d for d, name in ((s1, "s1"), (flt, "float")) if name in sets], args.out, args.codecs.split(","), qs, load(args.weights, args.preset))
+        res = run(dirs, args.out, args.codecs.split(","), qs, load(args.weights, args.preset))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print((args.out / "report.md").read_text())
