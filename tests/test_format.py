@@ -172,6 +172,7 @@ def test_format_1_1_file_still_decodes(tmp_path):
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
     assert r_old.header == r_new.header
+    assert r_old.header.n_tiles == 2  # 2 bands, one tile each
     assert [r_old.payload(i) for i in range(2)] == [r_new.payload(i) for i in range(2)]
     assert len(new_b) < len(old_b) - 150  # the dictionary-deflated header
     a, _ = sarcodec.decode_array(old_b)
