@@ -252,14 +252,19 @@ def _to_index(x: np.ndarray) -> np.ndarray:
     return np.clip(np.floor_divide(x + 2 ** (A_FRAC_BITS - 1), 2**A_FRAC_BITS), 0, NUM_SCALES - 1).astype(np.uint8)
 
 
-def coding_order(flat_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Order in which y symbols are coded: grouped by scale index 0..63, raster order inside a group.
+def coding_order(flat_s: np.ndarray, first_group: int) -> tuple[np.ndarray, np.ndarray]:
+    """Order in which y symbols are coded: grouped by scale index, raster order inside a group.
 
-    Returns (permutation of the flat positions, group boundaries: group k is order[b[k]:b[k+1]]).
-    ``flat_s`` is uint8, for which numpy's stable sort is a radix sort (linear time).
+    Only groups ``first_group`` .. 63 are coded; the others hold no symbols.  Returns (flat positions
+    of the coded symbols in coding order, group boundaries: group k is order[b[k]:b[k+1]], empty
+    for k < first_group).  The skipped positions are dropped before sorting (at the fast preset's
+    thresholds most latents are skipped); ``flat_s`` is uint8, for which numpy's stable sort is a
+    radix sort (linear time).
     """
-    order = np.argsort(flat_s, kind="stable")
-    return order, np.searchsorted(flat_s[order], np.arange(NUM_SCALES + 1))
+    pos = np.flatnonzero(flat_s >= first_group) if first_group > 0 else np.arange(flat_s.size)
+    keys = flat_s[pos]
+    perm = np.argsort(keys, kind="stable")
+    return pos[perm], np.searchsorted(keys[perm], np.arange(NUM_SCALES + 1))
 
 
 class EntropyCoder:
@@ -297,16 +302,12 @@ class EntropyCoder:
         sidx = sidx[:, :h, :w]
         d = y.astype(np.float64)
         d[:m] -= mean
-        sym = np.rint(d).astype(np.int64).ravel()
-        order, bounds = coding_order(sidx.ravel())
-        coded = sym[order]
+        order, bounds = coding_order(sidx.ravel(), first_group)
+        coded = np.rint(d.ravel()[order]).astype(np.int64)
         escapes = []
-        for k in range(NUM_SCALES):
+        for k in range(first_group, NUM_SCALES):
             b0, b1 = bounds[k], bounds[k + 1]
             if b0 == b1:
-                continue
-            if k < first_group:  # not coded: these symbols are 0
-                coded[b0:b1] = 0
                 continue
             r = int(self.y_radius[k])
             v = np.clip(coded[b0:b1], -r - 2**ESCAPE_BITS, r + 2**ESCAPE_BITS)
@@ -321,6 +322,7 @@ class EntropyCoder:
             e = np.concatenate(escapes)
             enc.encode(e.astype(np.int32), self.escape_model)
             bits += ESCAPE_BITS * e.size
+        sym = np.zeros(d.size, dtype=np.int64)  # not coded: 0, i.e. y_hat = mean
         sym[order] = coded
         y_hat = sym.reshape(y.shape).astype(np.float64)
         y_hat[:m] += mean
@@ -348,15 +350,12 @@ class EntropyCoder:
         mean_int, sidx = self.hs(z_sym)
         h, w = y_hw
         sidx = sidx[:, :h, :w]
-        order, bounds = coding_order(sidx.ravel())
+        order, bounds = coding_order(sidx.ravel(), first_group)
         coded = np.empty(order.size, dtype=np.int32)  # symbol values in coding order
         esc_pos, esc_sign, esc_base = [], [], []
-        for k in range(NUM_SCALES):
+        for k in range(first_group, NUM_SCALES):
             b0, b1 = bounds[k], bounds[k + 1]
             if b0 == b1:
-                continue
-            if k < first_group:
-                coded[b0:b1] = 0
                 continue
             r = int(self.y_radius[k])
             v = dec.decode(self.y_models[k], int(b1 - b0))
@@ -371,7 +370,7 @@ class EntropyCoder:
             pos, sign, base = np.concatenate(esc_pos), np.concatenate(esc_sign), np.concatenate(esc_base)
             mags = dec.decode(self.escape_model, pos.size).astype(np.int64)
             coded[pos] = sign * (base + mags)
-        sym = np.empty_like(coded)
+        sym = np.zeros(sidx.size, dtype=np.int32)  # not coded: 0, i.e. y_hat = mean
         sym[order] = coded
         m = mean_int.shape[0]
         y = sym.reshape(-1, h, w).astype(np.float32)

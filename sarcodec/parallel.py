@@ -14,21 +14,26 @@ serial path computes, so outputs are identical for any number of workers.
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import signal
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # multiprocessing and concurrent.futures cost ~20 ms to import: only when workers run
+    from concurrent.futures import Future, ProcessPoolExecutor
 
 MAX_AUTO_WORKERS = 4
 
 
 def fork_available() -> bool:
     """Whether worker processes can be forked (Linux); elsewhere everything runs in-process."""
-    return sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+    if not sys.platform.startswith("linux"):
+        return False
+    import multiprocessing
+
+    return "fork" in multiprocessing.get_all_start_methods()
 
 
 def auto_workers() -> int:
@@ -71,7 +76,7 @@ class TileMap:
     """
 
     def __init__(self, state: Any, worker_state: Callable[[], Any], workers: int) -> None:
-        self.workers = workers if fork_available() else 1
+        self.workers = workers if workers > 1 and fork_available() else 1
         self._state = state
         self._factory = worker_state
         self._ex: ProcessPoolExecutor | None = None
@@ -79,6 +84,9 @@ class TileMap:
 
     def __enter__(self) -> "TileMap":
         if self.workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
             self._blas = _one_blas_thread()  # the parent's share of the work runs beside the workers
             ctx = multiprocessing.get_context("fork")
             self._ex = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init, initargs=(self._factory,))
