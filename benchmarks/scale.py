@@ -12,17 +12,20 @@
 4. Nodata: decoded nodata pixels must equal the input's exactly; bytes spent on all-nodata tiles.
 5. Speed: the CLI (whole process, wall time) of each preset on a speed-size^2 real-derived image vs
    OpenJPEG (imagecodecs, 2 threads) at the same bpp, timed in-process (array in memory) and as a
-   whole process like the CLI (Python start, GeoTIFF read or write included).
+   whole process like the CLI (Python start, GeoTIFF read or write included). Every speed is the
+   median of --repeat runs (5), timed without the memory poll; peak memory comes from a separate run.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +125,29 @@ def run_measured(args: list[str]) -> tuple[float, float, str]:
     return wall, max(peak_main, peak_tree), err.strip()
 
 
+def run_timed(args: list[str], repeat: int) -> float:
+    """Median wall time of ``repeat`` runs of a command, with nothing polling it (on 2 cores the
+    memory poll of ``run_measured`` costs the timed process a few per cent)."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        p = subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        times.append(time.perf_counter() - t)
+        if p.returncode != 0:
+            sys.exit(f"command failed: {' '.join(args)}\n{p.stderr}")
+    return statistics.median(times)
+
+
+def time_call(fn: Callable[[], object], repeat: int) -> float:
+    """Median wall time of ``repeat`` in-process calls."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
 def cli(*a: object) -> list[str]:
     return [sys.executable, "-m", "sarcodec.cli", *map(str, a)]
 
@@ -181,6 +207,7 @@ def main() -> None:
     ap.add_argument("--skip-large", action="store_true", help="only the speed comparison")
     ap.add_argument("--skip-speed", action="store_true", help="only the large-mosaic measurements")
     ap.add_argument("--presets", default="default,fast", help="sarcodec presets to time (comma-separated)")
+    ap.add_argument("--repeat", type=int, default=5, help="speed: median of this many runs of every timed step")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="sarcodec-scale-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -221,9 +248,12 @@ def main() -> None:
     print(f"{'speed image':>24}: {s} x {s} uint16 real-derived, q{args.quality}", flush=True)
     for preset in args.presets.split(","):
         sarc, dec = work / f"speed-{preset}.sarc", work / f"speed-{preset}-dec.tif"
-        we, me, _ = run_measured(cli("encode", src, sarc, "--quality", args.quality, "--preset", preset, "--force"))
-        wd, md, _ = run_measured(cli("decode", sarc, dec, "--force"))
-        je, jd, jbpp, pe, pd = openjpeg_speed(src, work, 8.0 * sarc.stat().st_size)
+        enc_cmd = cli("encode", src, sarc, "--quality", args.quality, "--preset", preset, "--force")
+        dec_cmd = cli("decode", sarc, dec, "--force")
+        _, me, _ = run_measured(enc_cmd)  # peak memory; the times come from unpolled runs
+        _, md, _ = run_measured(dec_cmd)
+        we, wd = run_timed(enc_cmd, args.repeat), run_timed(dec_cmd, args.repeat)
+        je, jd, jbpp, pe, pd = openjpeg_speed(src, work, 8.0 * sarc.stat().st_size, args.repeat)
         with rasterio.open(src) as a, rasterio.open(dec) as b:
             ok = a.read(1) > 0
             da = 20 * np.log10(np.maximum(a.read(1), 1.0))[ok]
@@ -260,30 +290,29 @@ else:
 """
 
 
-def openjpeg_speed(src: Path, work: Path, bits: float) -> tuple[float, float, float, float, float]:
-    """OpenJPEG rate-matched to ``bits``: (encode s, decode s in-process, bpp, encode s, decode s whole process)."""
+def openjpeg_speed(src: Path, work: Path, bits: float, repeat: int) -> tuple[float, float, float, float, float]:
+    """OpenJPEG rate-matched to ``bits``: (encode s, decode s in-process, bpp, encode s, decode s whole
+    process), each the median of ``repeat`` runs."""
     import imagecodecs
 
     from sarcodec.bench import _secant
 
     with rasterio.open(src) as ds:
         arr = ds.read(1)
-    chosen: dict = {}
+    levels: dict = {}
 
     def enc(lv: float) -> bytes:
-        t = time.perf_counter()
         out = imagecodecs.jpeg2k_encode(arr, level=lv, codecformat="J2K", numthreads=2)
-        chosen[len(out)] = (time.perf_counter() - t, lv)
+        levels[len(out)] = lv
         return out
 
     data = _secant(enc, bits, 28.0, 40.0, 8.0, 120.0)
-    je, level = chosen[len(data)]
-    t = time.perf_counter()
-    imagecodecs.jpeg2k_decode(data, numthreads=2)
-    jd = time.perf_counter() - t
+    level = levels[len(data)]
+    je = time_call(lambda: imagecodecs.jpeg2k_encode(arr, level=level, codecformat="J2K", numthreads=2), repeat)
+    jd = time_call(lambda: imagecodecs.jpeg2k_decode(data, numthreads=2), repeat)
     j2k, out = work / "speed.j2k", work / "speed-j2k-dec.tif"
-    pe, _, _ = run_measured([sys.executable, "-c", OPJ_SCRIPT, "encode", src, j2k, str(level)])
-    pd, _, _ = run_measured([sys.executable, "-c", OPJ_SCRIPT, "decode", j2k, out])
+    pe = run_timed([sys.executable, "-c", OPJ_SCRIPT, "encode", src, j2k, str(level)], repeat)
+    pd = run_timed([sys.executable, "-c", OPJ_SCRIPT, "decode", j2k, out], repeat)
     return je, jd, 8.0 * len(data) / arr.size, pe, pd
 
 
