@@ -378,7 +378,31 @@ def train(
         run(cfg, log=lambda m: print(m, file=sys.stderr, flush=True))
 
 
+def _tune_allocator() -> None:
+    """Let glibc keep freed tile-sized arrays in the heap instead of handing them back to the OS.
+
+    Every tile allocates several 1-16 MB arrays; by default glibc serves each with a fresh mmap()
+    that faults in page by page and is unmapped again on free.  Serving them from the heap, trimmed
+    only past 256 MiB, took the CLI's fast decode of a 4096 x 4096 image from 0.48-0.50 s to
+    0.44-0.45 s with the same peak memory.  This is the command-line process's own policy, so it is
+    set here and never by the library; MALLOC_* variables in the environment take precedence, and
+    it does nothing where there is no glibc.
+    """
+    if not sys.platform.startswith("linux") or any(k.startswith("MALLOC_") for k in os.environ):
+        return
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    mallopt(m_mmap_threshold, 16 << 20)
+    mallopt(m_trim_threshold, 256 << 20)
+
+
 def main() -> None:
+    _tune_allocator()
     app()
 
 
