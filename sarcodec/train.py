@@ -102,7 +102,8 @@ def gaussian_multilook(x: np.ndarray, sigma: float) -> np.ndarray:
     for axis in (0, 1):
         p = np.pad(x, [(r, r) if a == axis else (0, 0) for a in (0, 1)], mode="reflect")
         n = x.shape[axis]
-        x = sum(w * np.take(p, np.arange(t, t + n), axis=axis) for t, w in enumerate(k))
+        shifted = (lambda t: p[t : t + n]) if axis == 0 else (lambda t: p[:, t : t + n])
+        x = sum(w * shifted(t) for t, w in enumerate(k))
     return x
 
 
