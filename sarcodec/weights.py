@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 FORMAT = "sarcodec-weights"
 DEFAULT_MODEL = "sarcodec-hp4.pt"
-PRESETS = {"default": DEFAULT_MODEL, "fast": "sarcodec-fast3.npz"}
+PRESETS = {"default": DEFAULT_MODEL, "fast": "sarcodec-fast4.npz"}
 FLOAT_PARTS = ("g_a", "g_s", "h_a", "gains")
 SUFFIXES = (".pt", ".npz")
 
