@@ -94,7 +94,7 @@ def _lrelu(x: np.ndarray) -> np.ndarray:
 
 
 def _conv(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Stride-1 'same' convolution of (C, h, w) with (Cout, C, k, k) in float32."""
+    """Stride-1 'same' convolution of (C, h, w) with (Cout, C, k, k), in the arrays' dtype."""
     _, h, wd = x.shape
     return (w.reshape(w.shape[0], -1) @ im2col(x, w.shape[-1]) + b[:, None]).reshape(w.shape[0], h, wd)
 
@@ -110,15 +110,19 @@ class LotModel(CodecModel):
         self.params = p
         self._gain = np.exp(p["gains.log_gain"].astype(np.float64) * LOG_GAIN_RATE).astype(np.float32)
         self._igain = np.exp(p["gains.log_igain"].astype(np.float64) * LOG_GAIN_RATE).astype(np.float32)
+        # The hyper-analysis runs in float64: its BLAS products round differently with 1 and 2 BLAS
+        # threads (tile workers use 1), and in float32 that moved a z across a rounding boundary, so
+        # the file depended on --workers; in float64 such a flip needs a value within ~1e-15 of x.5.
+        self._ha = {k: v.astype(np.float64) for k, v in p.items() if k.startswith("h_a.")}
 
     def analysis(self, u: np.ndarray, quality: int) -> np.ndarray:
         y = lot.analysis(np.ascontiguousarray(u, dtype=np.float32), self.params["g_a.a"])
         return y * self._gain[quality - 1][:, None, None]
 
     def hyper_analysis(self, y: np.ndarray) -> np.ndarray:
-        p = self.params
+        p = self._ha
         m, h, w = y.shape
-        f = np.concatenate([y[:1], np.abs(y[1:])]).astype(np.float32)
+        f = np.concatenate([y[:1], np.abs(y[1:])]).astype(np.float64)
         cols = f.reshape(m, h // MACRO, MACRO, w // MACRO, MACRO).transpose(0, 2, 4, 1, 3).reshape(m * MACRO * MACRO, -1)
         wp = p["h_a.patch.weight"]
         x = (wp.reshape(wp.shape[0], -1) @ cols + p["h_a.patch.bias"][:, None]).reshape(wp.shape[0], h // MACRO, w // MACRO)
