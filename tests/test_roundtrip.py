@@ -120,7 +120,7 @@ def test_log_domain_exact_zeros_without_nodata(model, s1_array):
     assert np.array_equal(r[0] == 0, v == 0)
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (7, 300), (300, 7), (1025, 513)])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 300), (300, 7), (1025, 513), (1030, 515)])
 def test_odd_sizes(shape, model, s1_array):
     h, w = shape
     src = np.concatenate([s1_array[0], s1_array[0][::-1]], axis=0)[:h, :w]
