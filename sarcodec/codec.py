@@ -198,6 +198,8 @@ class Encoder:
         y = y[:, l0 - wr0 // s : l1 - wr0 // s, k0 - wc0 // s : k1 - wc0 // s]
         h, w = y.shape[-2:]
         hz, wz = -(-h // 4) * 4, -(-w // 4) * 4
+        # edge values, not zeros: the fast preset's 4x4 macro scale blocks would otherwise average real
+        # latents with zeros, predict too small a scale and skip real content (encoder-side only)
         z = np.round(self.model.hyper_analysis(np.pad(y, ((0, 0), (0, hz - h), (0, wz - w)), mode="edge")))
         latent, _, bits = self.model.coder.encode(z.astype(np.int64), y, self.model.cfg.first_coded_group(self.quality))
         return bitstream.pack_tile(latent, mask), bits, len(latent)
