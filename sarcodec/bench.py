@@ -157,6 +157,14 @@ def _secant(encode: Callable[[float], bytes], target_bits: float, x0: float, x1:
 
     tr = (math.log, math.exp) if log_x else (lambda a: a, lambda a: a)
     pts = [(x0, *f(x0)), (x1, *f(x1))]
+
+    def probe(x: float) -> bool:
+        """Encode at ``x`` unless it was tried already (False: nothing new to learn)."""
+        if any(abs(x - p[0]) < 1e-9 for p in pts):
+            return False
+        pts.append((x, *f(x)))
+        return True
+
     for _ in range(iters):
         (xa, fa, _), (xb, fb, _) = pts[-2], pts[-1]
         if abs(fb) < 0.02:
@@ -167,10 +175,8 @@ def _secant(encode: Callable[[float], bytes], target_bits: float, x0: float, x1:
             tn = tb + step
         else:
             tn = tb - fb * (tb - ta) / (fb - fa)
-        xn = min(max(tr[1](tn), lo), hi)
-        if any(abs(xn - p[0]) < 1e-9 for p in pts):
+        if not probe(min(max(tr[1](tn), lo), hi)):
             break
-        pts.append((xn, *f(xn)))
     # the secant can stall on a rate curve with flat steps (tiny images): bisect a bracket instead
     for _ in range(12):
         if min(abs(p[1]) for p in pts) < 0.02:
@@ -180,10 +186,8 @@ def _secant(encode: Callable[[float], bytes], target_bits: float, x0: float, x1:
         if not below or not above:
             break
         xa, xb = max(below, key=lambda p: p[1])[0], min(above, key=lambda p: p[1])[0]
-        xn = tr[1]((tr[0](xa) + tr[0](xb)) / 2)
-        if any(abs(xn - p[0]) < 1e-9 for p in pts):
+        if not probe(tr[1]((tr[0](xa) + tr[0](xb)) / 2)):
             break
-        pts.append((xn, *f(xn)))
     return min(pts, key=lambda p: abs(p[1]))[2]
 
 
