@@ -355,6 +355,7 @@ def train(
     compile: bool = typer.Option(False, "--compile", help="Use torch.compile (off by default; broken on some platforms)."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu or cuda."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch default)."),
+    partial: float = typer.Option(0.25, help="Share of crops whose last block row/column is partly padding (as at image edges)."),
     preset: str = typer.Option("default", help="Architecture to train from scratch: default or fast (ignored with --init/--resume)."),
 ) -> None:
     """Train a model (rate-distortion, all eight qualities at once) and export it."""
@@ -365,13 +366,15 @@ def train(
     with _errors():
         if crop % 64:
             _fail("--crop must be a multiple of 64", 2)
+        if not 0.0 <= partial <= 1.0:
+            _fail("--partial must be in 0..1", 2)
         if preset not in PRESETS:
             _fail(f"--preset must be one of {', '.join(PRESETS)}", 2)
         cfg = TrainConfig(
             data=[str(d) for d in data], out=str(out), val=[str(v) for v in (val or [])], val_split=val_split, steps=steps,
             max_minutes=max_minutes, batch=batch, crop=crop, lr=lr, seed=seed, val_every=val_every,
             checkpoint_every=checkpoint_every, resume=resume, compile=compile, device=device, threads=threads,
-            init=str(init) if init else "",
+            init=str(init) if init else "", partial=partial,
             lambdas=[float(v) for v in lambdas.split(",")] if lambdas else [],
             model=(ModelConfig.fast() if preset == "fast" else ModelConfig()).to_dict(),
         )

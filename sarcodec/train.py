@@ -10,8 +10,13 @@ Training samples go through the same preprocessing as ``encode`` (``sarcodec.pre
   random gain over 60 dB -- and mapped with the ``log`` domain fitted on the crop, as ``encode``
   does for uint16 / float32 input.
 
-Each crop gets a random quality q in 0..7; the loss is ``bpp + lambda_q * 255^2 * MSE`` on the
-normalised image, computed in float32 (also under CUDA autocast).  Non-finite losses are skipped
+In ``partial`` of the crops the last rows and/or columns (up to one latent block less 1 px) are
+replaced by copies of the last kept row / column and left out of the distortion and the pixel
+count: what ``encode`` does to an image whose size is not a multiple of the block, so the model
+learns to code the real pixels of a partial block well (small chips have many of them).
+
+Each crop gets a random quality q in 0..7; the loss is ``bpp + lambda_q * 255^2 * MSE`` over the
+real pixels of the normalised image, computed in float32 (also under CUDA autocast).  Non-finite losses are skipped
 and counted, never stepped on or saved.  A checkpoint (model, optimiser, step, best) is written
 every ``checkpoint_every`` steps and ``--resume`` continues from it; the best model by validation
 loss is exported with ``sarcodec.weights.export``.
@@ -54,6 +59,7 @@ class TrainConfig:
     compile: bool = False
     device: str = "auto"
     threads: int = 0
+    partial: float = 0.25  # share of crops with a partial last block row / column (see module docstring)
     model: dict = field(default_factory=dict)  # architecture: ModelConfig.to_dict() (empty: the default model)
 
 
@@ -92,6 +98,19 @@ def random_sample(img: np.ndarray, crop: int, rng: np.random.Generator) -> np.nd
     if rng.random() < 0.5:
         return np.ascontiguousarray(v / 255.0, dtype=np.float32)
     return synthetic_full_range(v, rng)
+
+
+def partial_block(v: np.ndarray, block: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Edge-pad the last 1..block-1 rows and/or columns of ``v``; returns (image, mask of real pixels)."""
+    h, w = v.shape
+    mask = np.ones((h, w), np.float32)
+    cut_r, cut_c = [int(rng.integers(1, block)) if rng.random() < 0.7 else 0 for _ in range(2)]
+    if not cut_r and not cut_c:
+        cut_c = int(rng.integers(1, block))
+    v = np.pad(v[: h - cut_r, : w - cut_c], ((0, cut_r), (0, cut_c)), mode="edge")
+    mask[h - cut_r :] = 0
+    mask[:, w - cut_c :] = 0
+    return v, mask
 
 
 def gaussian_multilook(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -142,13 +161,20 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def rd_loss(model: SarCodecModel, x: torch.Tensor, q: torch.Tensor, lambdas: torch.Tensor, noise: bool = True):
+def rd_loss(model: SarCodecModel, x: torch.Tensor, q: torch.Tensor, lambdas: torch.Tensor, noise: bool = True,
+            mask: torch.Tensor | None = None):
+    """Rate-distortion loss; ``mask`` (B,1,H,W), 1 on real pixels, limits distortion and pixel count."""
     out = model(x, q, noise=noise)
-    npix = x.shape[-1] * x.shape[-2]
     bits_y = -torch.log2(out["p_y"].float()).sum(dim=(1, 2, 3))
     bits_z = -torch.log2(out["p_z"].float()).sum(dim=(1, 2, 3))
+    err = (out["x_hat"].float() - x.float()) ** 2
+    if mask is None:
+        npix = x.shape[-1] * x.shape[-2]
+        mse = err.mean(dim=(1, 2, 3))
+    else:
+        npix = mask.sum(dim=(1, 2, 3))
+        mse = (err * mask).sum(dim=(1, 2, 3)) / npix
     bpp = (bits_y + bits_z) / npix
-    mse = ((out["x_hat"].float() - x.float()) ** 2).mean(dim=(1, 2, 3))
     loss = (bpp + lambdas[q] * 255.0**2 * mse).mean()
     return loss, bpp, mse, out["x_hat"]
 
@@ -200,6 +226,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     val_x = val_set([load_band(f) for f in val_files])
 
     out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # before hours of training, not at the first checkpoint
     ckpt_path = out.with_suffix(".ckpt")
     model_cfg = ModelConfig.from_dict(cfg.model) if cfg.model else ModelConfig()
     if cfg.init and not (cfg.resume and ckpt_path.exists()):
@@ -271,10 +298,15 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         lr = cfg.lr if progress < 0.8 else cfg.lr * (0.1 ** ((progress - 0.8) / 0.2))
         for g in opt.param_groups:
             g["lr"] = lr
-        x = torch.from_numpy(np.stack([random_sample(images[i], cfg.crop, rng) for i in rng.integers(0, len(images), cfg.batch)])[:, None]).to(device)
+        crops = [random_sample(images[i], cfg.crop, rng) for i in rng.integers(0, len(images), cfg.batch)]
+        masks = [np.ones_like(c) for c in crops]
+        for j in np.flatnonzero(rng.random(cfg.batch) < cfg.partial):
+            crops[j], masks[j] = partial_block(crops[j], model.cfg.stride, rng)
+        x = torch.from_numpy(np.stack(crops)[:, None]).to(device)
+        mask = torch.from_numpy(np.stack(masks)[:, None]).to(device) if cfg.partial else None
         q = torch.from_numpy(rng.integers(0, model.cfg.qualities, cfg.batch)).to(device)
         with torch.autocast(device.type, enabled=use_amp):
-            loss, bpp, mse, _ = rd_loss(fwd, x, q, lambdas)
+            loss, bpp, mse, _ = rd_loss(fwd, x, q, lambdas, mask=mask)
         if not torch.isfinite(loss):
             skipped += 1
             opt.zero_grad(set_to_none=True)

@@ -91,7 +91,7 @@ def test_cli_trains_the_fast_preset(tmp_path):
 
     files = sorted(need(EVAL / "mstar-xband-8bit").glob("*.jpg"))[:4]
     args = [a for f in files for a in ("--data", f)]
-    out = tmp_path / "f.npz"
+    out = tmp_path / "new" / "f.npz"  # a folder that does not exist yet is made before training starts
     r = run_cli("train", *args, "--out", out, "--preset", "fast", "--steps", "2", "--batch", "2", "--crop", "64",
                 "--val-split", "0.25", "--val-every", "2", "--threads", "1")
     assert r.returncode == 0, r.stderr
@@ -111,3 +111,34 @@ def test_gaussian_multilook_keeps_the_mean_and_weakens_speckle():
     assert 10 < enl < 60  # ~4 pi sigma^2 = 28 independent looks for a Gaussian window of sigma 1.5
     flat = np.full((20, 30), 0.25)
     assert np.allclose(train_mod.gaussian_multilook(flat, 2.0), 0.25)  # reflecting borders: no darkening at the edges
+
+
+def test_partial_block_pads_like_the_encoder_and_masks_the_padding():
+    rng = np.random.default_rng(1)
+    v = np.random.default_rng(2).random((64, 48)).astype(np.float32)
+    cuts = set()
+    for _ in range(40):
+        x, mask = train_mod.partial_block(v, 16, rng)
+        rows, cols = int(mask[:, 0].sum()), int(mask[0].sum())
+        assert 48 < rows <= 64 and 32 < cols <= 48 and (rows, cols) != (64, 48)
+        assert mask.sum() == rows * cols and mask[:rows, :cols].all()
+        assert np.array_equal(x[:rows, :cols], v[:rows, :cols])
+        assert np.array_equal(x, np.pad(v[:rows, :cols], ((0, 64 - rows), (0, 48 - cols)), mode="edge"))
+        cuts.add((rows < 64, cols < 48))
+    assert cuts == {(True, False), (False, True), (True, True)}
+
+
+def test_rd_loss_counts_only_the_real_pixels():
+    x = torch.rand(2, 1, 32, 32)
+    x_hat = x.clone()
+    x_hat[..., 24:] += 0.5  # all the error is in the last 8 columns
+    fake = {"x_hat": x_hat, "p_y": torch.full((2, 4, 2, 2), 0.5), "p_z": torch.ones(2, 2, 1, 1)}
+    model = lambda x, q, noise: fake  # noqa: E731 - stands in for SarCodecModel's forward
+    lambdas, q = torch.tensor([1.0]), torch.zeros(2, dtype=torch.long)
+    mask = torch.ones_like(x)
+    _, bpp_all, mse_all, _ = train_mod.rd_loss(model, x, q, lambdas)
+    _, bpp_one, mse_one, _ = train_mod.rd_loss(model, x, q, lambdas, mask=mask)
+    assert torch.allclose(bpp_all, bpp_one) and torch.allclose(mse_all, mse_one)
+    mask[..., 24:] = 0
+    _, bpp, mse, _ = train_mod.rd_loss(model, x, q, lambdas, mask=mask)
+    assert torch.all(mse == 0) and torch.allclose(bpp, bpp_all * 32 / 24)  # same bits over fewer real pixels
