@@ -89,8 +89,24 @@ class FormatError(ValueError):
     """The file is not a valid .sarc file; the message says what is wrong."""
 
 
+class TileLayout:
+    """Tile counts of a ``height`` x ``width`` raster cut into ``tile`` x ``tile`` tiles (last ones partial)."""
+
+    height: int
+    width: int
+    tile: int
+
+    @property
+    def tiles_y(self) -> int:
+        return -(-self.height // self.tile)
+
+    @property
+    def tiles_x(self) -> int:
+        return -(-self.width // self.tile)
+
+
 @dataclass
-class Header:
+class Header(TileLayout):
     width: int
     height: int
     bands: int
@@ -112,14 +128,6 @@ class Header:
     scales: list[float] = field(default_factory=list)
     offsets: list[float] = field(default_factory=list)
     encoder: str = ""
-
-    @property
-    def tiles_y(self) -> int:
-        return -(-self.height // self.tile)
-
-    @property
-    def tiles_x(self) -> int:
-        return -(-self.width // self.tile)
 
     @property
     def n_tiles(self) -> int:

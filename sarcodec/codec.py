@@ -118,8 +118,8 @@ def fit_band(source: BandSource, band: int, dtype: np.dtype, nodata: float | Non
 
 
 @dataclass
-class Grid:
-    """Geometry shared by encoder and decoder."""
+class Grid(bitstream.TileLayout):
+    """Geometry shared by encoder and decoder: tiles and their latent positions."""
 
     height: int
     width: int
@@ -133,14 +133,6 @@ class Grid:
     @property
     def lat_w(self) -> int:
         return -(-self.width // self.stride)
-
-    @property
-    def tiles_y(self) -> int:
-        return -(-self.height // self.tile)
-
-    @property
-    def tiles_x(self) -> int:
-        return -(-self.width // self.tile)
 
     def pixels(self, ty: int, tx: int) -> tuple[int, int, int, int]:
         t = self.tile
