@@ -120,9 +120,27 @@ def _expand_inputs(inputs: list[Path], output: Path, suffix: str) -> list[tuple[
     if not files:
         raise InputError("no input files found")
     if output.exists() and not output.is_dir():
-        raise InputError(f"{output}: must be a directory when encoding several inputs")
+        raise InputError(f"{output}: must be a directory when there are several inputs")
     output.mkdir(parents=True, exist_ok=True)
     return [(f, output / (f.stem + suffix)) for f in files]
+
+
+def _code_files(inputs: list[Path], suffix: str, fn: Callable, verb: str, as_json: bool, workers: int,
+                weights: Path | None, preset: str | None, **kw) -> None:
+    """``encode``/``decode`` on INPUT... OUTPUT: one file with a progress bar, or several via ``_run_many``.
+
+    The model: ``weights`` or ``preset``'s shipped one; with neither (decode), the one each file names.
+    """
+    if len(inputs) < 2:
+        _fail("need an INPUT and an OUTPUT", 2)
+    jobs = _expand_inputs(inputs[:-1], inputs[-1], suffix)
+    if len(jobs) > 1:
+        _run_many(jobs, fn, workers, as_json, verb, weights=weights, preset=preset, **kw)
+        return
+    model = _load(weights, preset or "default") if weights is not None or preset is not None else None
+    with _progress(verb[:-1] + "ing", not as_json and sys.stderr.isatty()) as prog:
+        report = fn(jobs[0][0], jobs[0][1], model=model, progress=prog, workers=workers, **kw)
+    _emit(report, verb, as_json)
 
 
 def _run_many(jobs: list[tuple[Path, Path]], fn: Callable, workers: int, as_json: bool, verb: str, **kw) -> None:
@@ -180,18 +198,8 @@ def encode(
     from .codec import encode_file
 
     with _errors():
-        if len(inputs) < 2:
-            _fail("need an INPUT and an OUTPUT", 2)
-        jobs = _expand_inputs(inputs[:-1], inputs[-1], ".sarc")
-        if len(jobs) == 1:
-            model = _load(weights, preset)
-            with _progress("encoding", not as_json and sys.stderr.isatty()) as prog:
-                report = encode_file(jobs[0][0], jobs[0][1], quality, force=force, domain=domain, tile=tile, model=model,
-                                     progress=prog, workers=workers)
-            _emit(report, "encoded", as_json)
-        else:
-            _run_many(jobs, encode_file, workers, as_json, "encoded", quality=quality, force=force, domain=domain, tile=tile,
-                      weights=weights, preset=preset)
+        _code_files(inputs, ".sarc", encode_file, "encoded", as_json, workers, weights, preset, quality=quality, force=force,
+                    domain=domain, tile=tile)
 
 
 @app.command()
@@ -208,18 +216,9 @@ def decode(
     from .codec import decode_file
 
     with _errors():
-        if len(inputs) < 2:
-            _fail("need an INPUT and an OUTPUT", 2)
         win = _parse_window(window)
-        jobs = _expand_inputs(inputs[:-1], inputs[-1], ".tif")
-        if len(jobs) == 1:
-            model = _load(weights) if weights else None
-            with _progress("decoding", not as_json and sys.stderr.isatty()) as prog:
-                report = decode_file(jobs[0][0], jobs[0][1], force=force, window=win, model=model, progress=prog,
-                                     compress=compress, workers=workers)
-            _emit(report, "decoded", as_json)
-        else:
-            _run_many(jobs, decode_file, workers, as_json, "decoded", force=force, window=win, weights=weights, compress=compress)
+        _code_files(inputs, ".tif", decode_file, "decoded", as_json, workers, weights, None, force=force, window=win,
+                    compress=compress)
 
 
 @app.command()
