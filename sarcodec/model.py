@@ -329,8 +329,6 @@ def gaussian_likelihood(y: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
     return p
 
 
-
-
 class GainUnits(nn.Module):
     """Per-quality channel gains (Cui et al., 2021): one model, eight rate points."""
 
