@@ -22,8 +22,21 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 RASTER_SUFFIXES = (".tif", ".tiff", ".img", ".vrt", ".png", ".jpg", ".jpeg", ".jp2")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+        from .bitstream import MAJOR, MINOR
+        from .weights import PRESETS
+
+        models = ", ".join(f"{k} {v}" for k, v in PRESETS.items())
+        print(f"sarcodec {__version__} (writes .sarc {MAJOR}.{MINOR}; models: {models})")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
     """sarcodec: learned compression for SAR imagery."""
 
 

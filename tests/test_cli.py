@@ -191,3 +191,12 @@ def test_unknown_preset_is_a_clean_error(s1_file, tmp_path):
     r = run_cli("encode", s1_file, tmp_path / "o.sarc", "--preset", "turbo")
     assert_clean_failure(r, 1, "preset")
     assert not (tmp_path / "o.sarc").exists()
+
+
+def test_version():
+    import sarcodec
+    from sarcodec.weights import DEFAULT_MODEL
+
+    r = run_cli("--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"sarcodec {sarcodec.__version__} (writes .sarc 2.") and DEFAULT_MODEL in r.stdout
