@@ -367,6 +367,7 @@ def train(
     compile: bool = typer.Option(False, "--compile", help="Use torch.compile (off by default; broken on some platforms)."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu or cuda."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch default)."),
+    balance: bool = typer.Option(False, "--balance", help="Weight each quality's loss by 1 / its running mean (relative gains count equally)."),
     partial: float = typer.Option(0.25, help="Share of crops whose last block row/column is partly padding (as at image edges)."),
     preset: str = typer.Option("default", help="Architecture to train from scratch: default or fast (ignored with --init/--resume)."),
 ) -> None:
@@ -386,7 +387,7 @@ def train(
             data=[str(d) for d in data], out=str(out), val=[str(v) for v in (val or [])], val_split=val_split, steps=steps,
             max_minutes=max_minutes, batch=batch, crop=crop, lr=lr, seed=seed, val_every=val_every,
             checkpoint_every=checkpoint_every, resume=resume, compile=compile, device=device, threads=threads,
-            init=str(init) if init else "", partial=partial,
+            init=str(init) if init else "", partial=partial, balance=balance,
             lambdas=[float(v) for v in lambdas.split(",")] if lambdas else [],
             model=(ModelConfig.fast() if preset == "fast" else ModelConfig()).to_dict(),
         )
