@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .model import SarCodecModel
 
 FORMAT = "sarcodec-weights"
-DEFAULT_MODEL = "sarcodec-hp4.pt"
+DEFAULT_MODEL = "sarcodec-hp5.pt"
 PRESETS = {"default": DEFAULT_MODEL, "fast": "sarcodec-fast4.npz"}
 FLOAT_PARTS = ("g_a", "g_s", "h_a", "gains")
 SUFFIXES = (".pt", ".npz")
