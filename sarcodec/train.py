@@ -22,8 +22,9 @@ times the mean over qualities of those running means: the gradient of sum_q log 
 a relative improvement equally at every quality.  Plain L lets the high qualities (L ~ 2.5 at q8,
 ~0.18 at q1) dominate the shared transforms, while BD-rate, measured on log-rate, gains ~3x more
 from a dB at the low rates (~2 dB per rate doubling there, ~7 at q8).  Validation then selects by
-the mean over qualities of log L_q.  Non-finite losses are skipped
-and counted, never stepped on or saved.  A checkpoint (model, optimiser, step, best) is written
+the mean over qualities of log L_q.
+
+Non-finite losses are skipped and counted, never stepped on or saved.  A checkpoint (model, optimiser, step, best) is written
 every ``checkpoint_every`` steps and ``--resume`` continues from it; the best model by validation
 loss is exported with ``sarcodec.weights.export``.
 """
@@ -183,9 +184,14 @@ def rd_loss(model: SarCodecModel, x: torch.Tensor, q: torch.Tensor, lambdas: tor
         npix = mask.sum(dim=(1, 2, 3))
         mse = (err * mask).sum(dim=(1, 2, 3)) / npix
     bpp = (bits_y + bits_z) / npix
-    per_crop = bpp + lambdas[q] * 255.0**2 * mse
+    per_crop = crop_losses(bpp, mse, q, lambdas)
     loss = (per_crop if weight is None else per_crop * weight).mean()
     return loss, bpp, mse, out["x_hat"]
+
+
+def crop_losses(bpp: torch.Tensor, mse: torch.Tensor, q: torch.Tensor, lambdas: torch.Tensor) -> torch.Tensor:
+    """Each crop's rate-distortion loss L = bpp + lambda_q * 255^2 * MSE."""
+    return bpp + lambdas[q] * 255.0**2 * mse
 
 
 @torch.no_grad()
@@ -193,7 +199,6 @@ def validate(model: SarCodecModel, xs: torch.Tensor, device: torch.device) -> di
     model.eval()
     lambdas = torch.tensor(model.cfg.lambdas, device=device)
     rows = []
-    total = 0.0
     per_q = []
     for qi in range(model.cfg.qualities):
         bpps, psnrs, ssims, q_total = [], [], [], 0.0
@@ -201,7 +206,6 @@ def validate(model: SarCodecModel, xs: torch.Tensor, device: torch.device) -> di
             x = xs[i : i + 4].to(device)
             q = torch.full((x.shape[0],), qi, dtype=torch.long, device=device)
             loss, bpp, mse, x_hat = rd_loss(model, x, q, lambdas, noise=False)
-            total += float(loss) * x.shape[0]
             q_total += float(loss) * x.shape[0]
             bpps += bpp.tolist()
             for j in range(x.shape[0]):
@@ -212,7 +216,7 @@ def validate(model: SarCodecModel, xs: torch.Tensor, device: torch.device) -> di
         per_q.append(q_total / len(xs))
         rows.append({"quality": qi + 1, "bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))})
     model.train()
-    return {"loss": total / (len(xs) * model.cfg.qualities), "balanced": float(np.mean(np.log(per_q))), "per_quality": rows}
+    return {"loss": float(np.mean(per_q)), "balanced": float(np.mean(np.log(per_q))), "per_quality": rows}
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
@@ -348,7 +352,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
         step += 1
-        per_crop = (bpp.detach() + lambdas[q] * 255.0**2 * mse.detach()).double().cpu()
+        per_crop = crop_losses(bpp.detach(), mse.detach(), q, lambdas).double().cpu()
         for qi, li in zip(q.tolist(), per_crop.tolist()):
             seen[qi] += 1
             running[qi] += max(0.02, 1.0 / float(seen[qi])) * (li - running[qi])
