@@ -357,7 +357,8 @@ def decode_latent(model: CodecModel, payload: bytes, npix: int, y_hw: tuple[int,
         return np.zeros((model.cfg.latent, h, w), dtype=np.float32), mask
     try:
         z_shape = (model.cfg.hyper, -(-h // 4), -(-w // 4))
-        return model.coder.decode(latent, z_shape, y_hw, model.cfg.first_coded_group(quality)), mask
+        y = model.coder.decode(latent, z_shape, y_hw, model.cfg.first_coded_group(quality), model.offsets(quality))
+        return y, mask
     except (ValueError, RuntimeError) as e:
         raise FormatError(f"tile {index} cannot be entropy-decoded ({e})") from None
 
@@ -537,7 +538,8 @@ def info(src: str | Path) -> dict:
 def decode_latents(data: bytes, *, model: CodecModel | None = None) -> list[np.ndarray]:
     """Entropy-decoded latents (y_hat, scaled domain) of every tile: what must be bit-identical everywhere.
 
-    y_hat = symbol + integer mean / 256, so equal arrays mean equal symbols and equal entropy-model state.
+    y_hat = symbol + integer mean / 256 (+ the model's reconstruction offset, a float32 table entry), so
+    equal arrays mean equal symbols and equal entropy-model state.
     """
     import io as _io
 

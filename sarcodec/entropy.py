@@ -28,6 +28,11 @@ there) and, for models with ``skip_groups``, a per-quality threshold chosen afte
 scale indices up to ~10 (sigma < 0.4) a coded symbol costs more bits than the distortion it saves
 is worth at the model's lambda, and skipping them also cuts the symbols to decode by ~60 %.
 
+**Reconstruction offsets.** A coded symbol s != 0 is reconstructed at mean + s + sign(s) * d, with
+d = ``offsets[scale index, min(|s|, RECON_MAX) - 1]`` from a small per-quality table trained with the
+model (absent in models before hp6: d = 0).  The offsets only move the decoder's reconstruction
+(the bin's optimum under the synthesis is not its centre); the symbols, and so the rate, are unchanged.
+
 The runtime half of this module (tables in, symbols out) needs only numpy and constriction, so
 models whose transforms run in numpy (the fast preset) decode without importing torch.
 """
@@ -63,6 +68,7 @@ Y_TAIL_SIGMAS = 8.0
 Y_MAX_RADIUS = 1024
 ESCAPE_BITS = 16  # escape magnitude coded uniformly in [0, 2^16)
 EXACT_LIMIT = 2**52
+RECON_MAX = 4  # reconstruction offsets: one per scale index for |symbol| = 1, 2, 3 and >= 4
 
 
 class EntropyError(ValueError):
@@ -283,11 +289,14 @@ class EntropyCoder:
     def hyper(self, z_sym: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.hs(z_sym)
 
-    def encode(self, z_sym: np.ndarray, y: np.ndarray, first_group: int) -> tuple[bytes, np.ndarray, float]:
+    def encode(self, z_sym: np.ndarray, y: np.ndarray, first_group: int,
+               offsets: np.ndarray | None = None) -> tuple[bytes, np.ndarray, float]:
         """z_sym: int (Cz, hz, wz); y: float (M, h, w), h <= 4hz, w <= 4wz; scale-index groups below
-        ``first_group`` (``ModelConfig.first_coded_group(quality)``) are not coded.
+        ``first_group`` (``ModelConfig.first_coded_group(quality)``) are not coded; ``offsets``: the
+        quality's reconstruction offsets (NUM_SCALES, RECON_MAX) float32, or None.
 
-        Returns (payload, y_hat, ideal bits: the information content of the symbols under the tables).
+        Returns (payload, y_hat as ``decode`` returns it, ideal bits: the information content of the
+        symbols under the tables).
         """
         enc = constriction.stream.queue.RangeEncoder()
         z_sym = np.clip(z_sym, -Z_RADIUS, Z_RADIUS).astype(np.int64)
@@ -322,23 +331,23 @@ class EntropyCoder:
             e = np.concatenate(escapes)
             enc.encode(e.astype(np.int32), self.escape_model)
             bits += ESCAPE_BITS * e.size
-        sym = np.zeros(d.size, dtype=np.int64)  # not coded: 0, i.e. y_hat = mean
+        sym = np.zeros(d.size, dtype=np.int32)  # not coded: 0, i.e. y_hat = mean
         sym[order] = coded
-        y_hat = sym.reshape(y.shape).astype(np.float64)
-        y_hat[:m] += mean
-        return enc.get_compressed().tobytes(), y_hat.astype(np.float32), bits
+        return enc.get_compressed().tobytes(), reconstruct(sym, mean_int[:, :h, :w], sidx, offsets), bits
 
-    def decode(self, payload: bytes, z_shape: tuple[int, int, int], y_hw: tuple[int, int], first_group: int) -> np.ndarray:
+    def decode(self, payload: bytes, z_shape: tuple[int, int, int], y_hw: tuple[int, int], first_group: int,
+               offsets: np.ndarray | None = None) -> np.ndarray:
         """Inverse of ``encode``: returns y_hat float32 (M, *y_hw); EntropyError on invalid data."""
         try:
-            return self._decode(payload, z_shape, y_hw, first_group)
+            return self._decode(payload, z_shape, y_hw, first_group, offsets)
         except EntropyError:
             raise
         except (AssertionError, ValueError, RuntimeError, OverflowError, IndexError) as e:
             # constriction signals data that no symbol sequence could have produced with AssertionError
             raise EntropyError(f"invalid coded data ({e})") from None
 
-    def _decode(self, payload: bytes, z_shape: tuple[int, int, int], y_hw: tuple[int, int], first_group: int) -> np.ndarray:
+    def _decode(self, payload: bytes, z_shape: tuple[int, int, int], y_hw: tuple[int, int], first_group: int,
+                offsets: np.ndarray | None) -> np.ndarray:
         if len(payload) % 4:
             raise EntropyError("coded tile length is not a multiple of 4 bytes")
         words = np.frombuffer(payload, dtype=np.uint32)
@@ -372,10 +381,21 @@ class EntropyCoder:
             coded[pos] = sign * (base + mags)
         sym = np.zeros(sidx.size, dtype=np.int32)  # not coded: 0, i.e. y_hat = mean
         sym[order] = coded
-        m = mean_int.shape[0]
-        y = sym.reshape(-1, h, w).astype(np.float32)
-        y[:m] = (sym.reshape(-1, h, w)[:m] + mean_int[:, :h, :w] / 2**A_FRAC_BITS).astype(np.float32)
-        return y
+        return reconstruct(sym, mean_int[:, :h, :w], sidx, offsets)
+
+
+def reconstruct(sym: np.ndarray, mean_int: np.ndarray, sidx: np.ndarray, offsets: np.ndarray | None) -> np.ndarray:
+    """y_hat float32 (M, h, w) from the flat int32 symbols, the integer means of the first
+    ``mean_int.shape[0]`` channels (the others: 0) and, if given, the reconstruction offsets."""
+    m, h, w = mean_int.shape
+    y = sym.reshape(-1, h, w).astype(np.float32)
+    y[:m] = (sym.reshape(-1, h, w)[:m] + mean_int / 2**A_FRAC_BITS).astype(np.float32)
+    if offsets is not None:
+        nz = np.flatnonzero(sym)
+        s = sym[nz]
+        d = offsets[sidx.ravel()[nz], np.minimum(np.abs(s), RECON_MAX) - 1]
+        y.reshape(-1)[nz] += np.where(s > 0, d, -d)
+    return y
 
 
 def _info_bits(idx: np.ndarray, pmf: np.ndarray) -> float:

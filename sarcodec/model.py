@@ -11,6 +11,8 @@ Layout follows the CompressAI separation of *transforms* and *entropy models*:
 * ``FactorizedPrior``: the learned per-channel density of z.
 * ``GainUnits``: one pair of per-channel gain vectors per quality level, so a single model
   serves quality 1..8 (variable rate).
+* ``ReconOffsets``: per quality, where in its quantisation bin the decoder reconstructs a coded
+  latent, by scale index and |symbol| (see ``sarcodec.entropy``).
 
 Cheap by design (2 CPU cores): pixel-unshuffle stem, 3x3 convolutions, bottleneck residual
 blocks and pixel-shuffle upsampling.  ``count_macs`` measures the cost per pixel.
@@ -35,7 +37,7 @@ from torch import nn
 from . import lot
 from .config import BLOCK, LOG_GAIN_RATE, ModelConfig  # noqa: F401 - ModelConfig re-exported
 from .entropy import (  # noqa: F401 - fixed-point formats and scale table, re-exported
-    A_FRAC_BITS, A_MAX, MACRO, MEAN_GAIN, NUM_SCALES, SCALE_MAX, SCALE_MIN, SIDX_GAIN, W_FRAC_BITS, Z_RADIUS,
+    A_FRAC_BITS, A_MAX, MACRO, MEAN_GAIN, NUM_SCALES, RECON_MAX, SCALE_MAX, SCALE_MIN, SIDX_GAIN, W_FRAC_BITS, Z_RADIUS,
 )
 
 
@@ -348,6 +350,28 @@ class GainUnits(nn.Module):
         return torch.exp(self.log_igain[q] * LOG_GAIN_RATE)[:, :, None, None]
 
 
+class ReconOffsets(nn.Module):
+    """Reconstruction offsets d[quality, scale index, min(|s|, RECON_MAX) - 1]: y_hat = mean + s + sign(s) d."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.zeros(cfg.qualities, NUM_SCALES, RECON_MAX))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # noqa: ANN001
+        # models trained before the offsets existed reconstruct at the bin centre: a zero table
+        state_dict.setdefault(prefix + "table", torch.zeros_like(self.table))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def forward(self, sym: torch.Tensor, sidx: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Offsets for integer-valued symbols ``sym`` (B, M, h, w) with scale indices ``sidx`` (as h_s gives them)."""
+        # the coder's rounding of sidx; NaNs (a non-finite batch, which training skips) must still index the table
+        k = torch.clamp(torch.floor(torch.nan_to_num(sidx.detach()) + 0.5), 0, NUM_SCALES - 1).long()
+        a = torch.clamp(torch.nan_to_num(sym.detach()).abs(), 1, RECON_MAX).long() - 1
+        table = self.table[q].reshape(q.shape[0], -1)  # (B, NUM_SCALES * RECON_MAX)
+        d = torch.gather(table, 1, (k * RECON_MAX + a).reshape(q.shape[0], -1)).reshape(sym.shape)
+        return torch.sign(sym.detach()) * d
+
+
 class SarCodecModel(nn.Module):
     """All learned parts. ``forward`` is the training pass (noise/STE); coding lives in sarcodec.entropy."""
 
@@ -363,6 +387,7 @@ class SarCodecModel(nn.Module):
         self.h_s = HyperSynthesis(self.cfg)
         self.prior = FactorizedPrior(self.cfg.hyper)
         self.gains = GainUnits(self.cfg)
+        self.recon = ReconOffsets(self.cfg)
 
     def forward(self, x: torch.Tensor, q: torch.Tensor, noise: bool = True) -> dict[str, torch.Tensor]:
         """x: (B,1,H,W) normalised image, H and W multiples of 64; q: (B,) quality indices 0..7.
@@ -376,18 +401,19 @@ class SarCodecModel(nn.Module):
         z_hat = _ste_round(z)
         mean, sidx = self.h_s(z_hat)
         scale = index_to_scale(sidx)
-        y_hat = _ste_round(y - mean) + mean
+        sym = _ste_round(y - mean)
+        y_q = sym + mean  # bin centre (the rate is that of its bin); reconstructed with the offset
         # not coded where the scale index rounds below the quality's first coded group: y_hat = mean, 0 bits
         # (the coder clamps the index to 0..63, so K = 0 skips nothing and K >= 1 includes negative indices)
         first = torch.tensor([self.cfg.first_coded_group(k + 1) for k in range(self.cfg.qualities)], device=q.device)[q]
         first = first.to(sidx.dtype)[:, None, None, None]
         skip = (first > 0) & (sidx < first - 0.5)
-        y_hat = torch.where(skip, mean, y_hat)
+        y_hat = torch.where(skip, mean, y_q + self.recon(sym, sidx, q))
         if noise:
             z_r = z + torch.empty_like(z).uniform_(-0.5, 0.5)
             y_r = y + torch.empty_like(y).uniform_(-0.5, 0.5)
         else:
-            z_r, y_r = z_hat, y_hat
+            z_r, y_r = z_hat, y_q
         p_y = torch.where(skip, 1.0, gaussian_likelihood(y_r, mean, scale).clamp_min(1e-9))
         p_z = self.prior.likelihood(z_r).clamp_min(1e-9)
         x_hat = self.g_s(y_hat * self.gains.igain(q))

@@ -32,7 +32,12 @@ class CodecModel:
     meta: dict
     coder: EntropyCoder
     n_params: int = 0
+    recon: np.ndarray | None = None  # reconstruction offsets (qualities, NUM_SCALES, RECON_MAX); None: all 0
     fork_safe = True  # transforms may run in forked worker processes (sarcodec.parallel)
+
+    def offsets(self, quality: int) -> np.ndarray | None:
+        """The entropy coder's reconstruction offsets at ``quality`` (1-based), if the model has them."""
+        return None if self.recon is None else self.recon[quality - 1]
 
     @property
     def stride(self) -> int:

@@ -83,6 +83,13 @@ def list_rasters(paths: list[str]) -> list[Path]:
     return files
 
 
+def split_files(files: list[Path], val_split: float) -> tuple[list[Path], list[Path]]:
+    """(validation, training) files: a fixed pseudo-random ``val_split`` share held out."""
+    order = np.random.default_rng(99).permutation(len(files))
+    n_val = max(1, int(round(len(files) * val_split)))
+    return [files[i] for i in sorted(order[:n_val])], [files[i] for i in sorted(order[n_val:])]
+
+
 def load_band(path: Path) -> np.ndarray:
     import rasterio
 
@@ -227,14 +234,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     files = list_rasters(cfg.data)
-    if cfg.val:
-        val_files = list_rasters(cfg.val)
-        train_files = files
-    else:
-        order = np.random.default_rng(99).permutation(len(files))
-        n_val = max(1, int(round(len(files) * cfg.val_split)))
-        val_files = [files[i] for i in sorted(order[:n_val])]
-        train_files = [files[i] for i in sorted(order[n_val:])]
+    val_files, train_files = (list_rasters(cfg.val), files) if cfg.val else split_files(files, cfg.val_split)
     if not train_files:
         raise ValueError("no training rasters found")
     log(f"loading {len(train_files)} training and {len(val_files)} validation rasters")

@@ -5,7 +5,7 @@ with ``torch.load(weights_only=True)``:
 
 * ``config`` (model architecture), ``meta`` (training facts), ``name``;
 * ``float``: analysis, synthesis, hyper-analysis and gain parameters (float16 to keep files small;
-  computed in float32);
+  computed in float32) and, from version 2 on, the reconstruction offsets ``recon.table`` (float32);
 * ``int``: the fixed-point hyper-synthesis (see ``sarcodec.entropy``);
 * ``z_pmf``, ``y_pmf``, ``y_radius``: the integer probability tables;
 * ``model_id``: 16 hex digits of a SHA-256 over all of the above.  Every ``.sarc`` file records it,
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .config import ModelConfig
-from .entropy import NUM_SCALES, EntropyCoder, IntHyperSynthesis, output_gains
+from .entropy import NUM_SCALES, RECON_MAX, EntropyCoder, IntHyperSynthesis, output_gains
 from .runtime import CodecModel, LotModel, TorchModel
 
 if TYPE_CHECKING:
@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 FORMAT = "sarcodec-weights"
 DEFAULT_MODEL = "sarcodec-hp5.pt"
 PRESETS = {"default": DEFAULT_MODEL, "fast": "sarcodec-fast4.npz"}
-FLOAT_PARTS = ("g_a", "g_s", "h_a", "gains")
+FLOAT_PARTS = ("g_a", "g_s", "h_a", "gains", "recon")
+VERSION = 2  # 1: up to hp5 / fast4; 2: adds the reconstruction offsets (older readers would ignore them)
 SUFFIXES = (".pt", ".npz")
 
 
@@ -103,12 +104,12 @@ def export(model: "SarCodecModel", path: str | Path, meta: dict | None = None) -
     floats = {}
     for part in FLOAT_PARTS:
         for k, t in getattr(model, part).state_dict().items():
-            floats[f"{part}.{k}"] = t.detach().to(torch.float32 if part == "gains" or fast else torch.float16)
+            floats[f"{part}.{k}"] = t.detach().to(torch.float32 if part in ("gains", "recon") or fast else torch.float16)
     ihs = IntHyperSynthesis.from_float(model.h_s, model.cfg.latent, model.cfg.hs_head)
     y_pmf, y_radius = build_y_tables()
     blob = {
         "format": FORMAT,
-        "version": 1,
+        "version": VERSION,
         "name": path.stem,
         "config": model.cfg.to_dict(),
         "meta": json.dumps(meta or {}, sort_keys=True, default=str),
@@ -148,9 +149,23 @@ def _read_blob(path: Path) -> dict:
         raise WeightsError(f"cannot read weights file {path}: {e}") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise WeightsError(f"{path} is not a sarcodec weights file")
+    if not 1 <= int(blob.get("version", 0)) <= VERSION:
+        raise WeightsError(f"{path} is weights format version {blob.get('version')}; this sarcodec reads 1..{VERSION} "
+                           "(a newer sarcodec is needed)")
     if _model_id(blob) != blob["model_id"]:
         raise WeightsError(f"{path} is corrupt (model id mismatch)")
     return blob
+
+
+def _recon(blob: dict, cfg: ModelConfig, path: Path) -> np.ndarray | None:
+    """The reconstruction offsets of a weights file (None for files without them)."""
+    t = blob["float"].get("recon.table")
+    if t is None:
+        return None
+    t = _np(t).astype(np.float32)
+    if t.shape != (cfg.qualities, NUM_SCALES, RECON_MAX) or not np.isfinite(t).all():
+        raise WeightsError(f"{path}: reconstruction offsets malformed")
+    return t
 
 
 def bundled_dir() -> Path:
@@ -189,10 +204,13 @@ def load(path: str | Path | None = None, preset: str = "default") -> CodecModel:
         raise WeightsError(f"{path}: skip_groups {cfg.skip_groups} invalid")
     ihs = IntHyperSynthesis.from_state(blob["int"], cfg.latent)
     coder = EntropyCoder(ihs, _np(blob["z_pmf"]), _np(blob["y_pmf"]), _np(blob["y_radius"]))
-    n_int = sum(int(np.prod(layer.weight.shape)) + layer.bias.size for layer in ihs.layers)
-    common = dict(name=str(blob["name"]), model_id=str(blob["model_id"]), meta=json.loads(str(blob["meta"])), coder=coder)
+    recon = _recon(blob, cfg, path)
+    common = dict(name=str(blob["name"]), model_id=str(blob["model_id"]), meta=json.loads(str(blob["meta"])), coder=coder,
+                  recon=recon)
+    # parameters outside the transforms: the integer hyper-synthesis and the offsets
+    n_int = sum(int(np.prod(layer.weight.shape)) + layer.bias.size for layer in ihs.layers) + (0 if recon is None else recon.size)
     if cfg.transform == "lot8":
-        params = {k: _np(v).astype(np.float32) for k, v in blob["float"].items()}
+        params = {k: _np(v).astype(np.float32) for k, v in blob["float"].items() if not k.startswith("recon.")}
         n = sum(v.size for v in params.values()) + n_int
         return LotModel(cfg=cfg, n_params=n, params=params, **common)
     if cfg.transform != "lapped16":

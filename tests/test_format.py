@@ -185,3 +185,56 @@ def test_unknown_major_version_is_named(model, s1_array):
     data[4] = 3
     with pytest.raises(FormatError, match=r"version 3\.0 .*reads 1\.x and 2\.x"):
         sarcodec.decode_array(bytes(data), model=model)
+
+
+def test_reconstruction_offsets_move_only_coded_nonzero_symbols(model):
+    rng = np.random.default_rng(1)
+    z = rng.integers(-3, 4, (model.cfg.hyper, 2, 3))
+    y = rng.normal(0, 3, (model.cfg.latent, 7, 11)).astype(np.float32)
+    first = model.cfg.first_coded_group(4)
+    payload, _, _ = model.coder.encode(z, y, first)
+    plain = model.coder.decode(payload, z.shape, (7, 11), first)
+    table = rng.uniform(-0.4, 0.4, (64, 4)).astype(np.float32)
+    payload2, y_hat, _ = model.coder.encode(z, y, first, table)
+    assert payload2 == payload  # the symbols do not depend on the offsets
+    moved = model.coder.decode(payload, z.shape, (7, 11), first, table)
+    assert np.array_equal(moved, y_hat)
+    mean_int, sidx = model.coder.hyper(z)
+    mean = np.zeros(y.shape)
+    mean[: mean_int.shape[0]] = mean_int[:, :7, :11] / 2**A_FRAC_BITS
+    sym = np.rint(plain - mean).astype(np.int64)
+    sidx = sidx[:, :7, :11]
+    expect = np.sign(sym) * table[sidx, np.clip(np.abs(sym), 1, 4) - 1]
+    assert (sym != 0).sum() > 100 and (np.abs(sym) >= 4).any()
+    assert np.allclose(moved - plain, expect, atol=1e-5)
+    assert np.array_equal(moved[sym == 0], plain[sym == 0])  # zeros and skipped latents stay at the mean
+
+
+def test_training_pass_applies_the_offsets_to_the_reconstruction_only():
+    cfg = ModelConfig(latent=16, hyper=8, hyper_hidden=8, c4=8, c8=8, c16=16)
+    torch.manual_seed(0)
+    m = SarCodecModel(cfg).eval()
+    for p in m.parameters():
+        p.data.add_(torch.randn_like(p) * 0.05)
+    x = torch.rand(2, 1, 64, 64)
+    q = torch.tensor([7, 7])
+    with torch.no_grad():
+        m.recon.table.zero_()
+        a = m(x, q, noise=False)
+        m.recon.table.fill_(-0.3)
+        b = m(x, q, noise=False)
+    assert torch.equal(a["p_y"], b["p_y"]) and torch.equal(a["p_z"], b["p_z"])  # same symbols, same rate
+    assert not torch.allclose(a["x_hat"], b["x_hat"])
+
+
+def test_weights_of_a_newer_format_are_refused(tmp_path):
+    from sarcodec.weights import WeightsError, export
+
+    cfg = ModelConfig(latent=16, hyper=8, hyper_hidden=8, c4=8, c8=8, c16=16)
+    path = tmp_path / "m.pt"
+    export(SarCodecModel(cfg), path)
+    blob = torch.load(path, weights_only=True)
+    blob["version"] = 99
+    torch.save(blob, path)
+    with pytest.raises(WeightsError, match="newer sarcodec"):
+        sarcodec.load_model(path)
