@@ -1,13 +1,16 @@
-"""The ``.sarc`` container, version 2 (reads 1.x too): written and read only here.
+"""The ``.sarc`` container, versions 2 and 3 (reads 1.x too): written and read only here.
 
 Byte layout (all integers little-endian)::
 
     offset      size   field
     0           4      magic  b"SARC"
-    4           1      major format version (2); readers refuse majors they do not know
+    4           1      major format version (2 or 3); readers refuse majors they do not know
     5           1      minor format version (0); additive changes only
                        (history: 1.0 first release; 1.1 header fields at their default value may
-                       be left out; 2.0 header deflated with the preset dictionary ``HEADER_DICT``)
+                       be left out; 2.0 header deflated with the preset dictionary ``HEADER_DICT``;
+                       3.0 tile flag 4, a trimmed final range-coder word.  A file is written as
+                       3.0 only when one of its tiles uses that flag, so that readers of 2.x still
+                       read every file that does not need 3.0)
     6           2      reserved, 0
     8           4      L = header length in bytes (u32, at most 16 MiB)
     12          4      CRC-32 of the L header bytes
@@ -24,11 +27,14 @@ Byte layout (all integers little-endian)::
 
 Tile payload (one band, one tile of ``tile`` x ``tile`` pixels, smaller at the right/bottom)::
 
-    0    1   flags: bit 0 = mask present, bit 1 = empty (every pixel masked, no latent)
+    0    1   flags: bit 0 = mask present, bit 1 = empty (every pixel masked, no latent),
+             bit 2 = trimmed (format 3: the latent's length is not a multiple of 4, its final word
+             keeps only its 1-3 high-order bytes; see ``sarcodec.entropy``)
     1    4   (if mask present) M = length of the zlib-compressed mask (u32)
     5    M   (if mask present) zlib stream of uint8 classes, one per pixel of the tile (row-major):
                0 = coded pixel, 1 = nodata / NaN, 2 = exact zero (log domain)
-    ...      (unless empty) range-coder words of the latent (u32 little-endian; see
+    ...      (unless empty) range-coder words of the latent (u32 little-endian, the last one
+             possibly trimmed; see
              ``sarcodec.entropy``); z has shape (hyper channels, ceil(ceil(th/s)/4), ceil(ceil(tw/s)/4)),
              s being the model's latent stride (16 for the default model, 8 for the fast preset)
 
@@ -48,15 +54,17 @@ import zlib
 from dataclasses import asdict, dataclass, field
 
 MAGIC = b"SARC"
-MAJOR = 2
+MAJOR = 3  # the newest version this writes: only for files with a trimmed tile
+BASE_MAJOR = 2  # what it writes otherwise
 MINOR = 0
-READS = (1, 2)  # majors this reader understands
+READS = (1, 2, 3)  # majors this reader understands
 MAX_HEADER = 16 * 2**20
 MAX_DIM = 2**24
 MAX_BANDS = 4096
 DTYPES = ("uint8", "uint16", "int16", "float32")
 FLAG_MASK = 1
 FLAG_EMPTY = 2
+FLAG_TRIMMED = 4
 
 # Preset dictionary for the format-2 header: strings that headers are made of (field names, common
 # values, the shipped models' names and ids), the likeliest last.  Small files gain most: the header
@@ -234,13 +242,18 @@ def pack(header: Header, payloads: list[bytes]) -> bytes:
     for p in payloads:
         entries.append(TileEntry(off, len(p), zlib.crc32(p)))
         off += len(p)
-    return b"".join([prelude(hj), table_bytes(entries), *payloads])
+    return b"".join([prelude(hj, major_needed(payloads)), table_bytes(entries), *payloads])
 
 
-def prelude(hj: bytes) -> bytes:
+def major_needed(payloads: list[bytes]) -> int:
+    """The oldest major version that can hold these tile payloads."""
+    return MAJOR if any(p and p[0] & FLAG_TRIMMED for p in payloads) else BASE_MAJOR
+
+
+def prelude(hj: bytes, major: int = BASE_MAJOR) -> bytes:
     if len(hj) > MAX_HEADER:
         raise FormatError("header too large")
-    return MAGIC + struct.pack("<BBHII", MAJOR, MINOR, 0, len(hj), zlib.crc32(hj)) + hj
+    return MAGIC + struct.pack("<BBHII", major, MINOR, 0, len(hj), zlib.crc32(hj)) + hj
 
 
 def table_bytes(entries: list[TileEntry]) -> bytes:
@@ -310,11 +323,14 @@ class Reader:
         b = self._read(e.offset, e.length, f"tile {index}")
         if zlib.crc32(b) != e.crc:
             raise FormatError(f"tile {index} checksum mismatch (file corrupt)")
+        if b and b[0] & FLAG_TRIMMED and self.version[0] < 3:
+            raise FormatError(f"tile {index} uses a format-3 flag in a {self.version[0]}.x file")
         return b
 
 
 class Writer:
-    """Streams a ``.sarc`` file: prelude, a reserved tile table, payloads, then the table."""
+    """Streams a ``.sarc`` file: prelude, a reserved tile table, payloads, then the table (and the
+    major version, raised to 3 if a payload needs it)."""
 
     def __init__(self, f, header: Header) -> None:
         self.f = f
@@ -323,12 +339,14 @@ class Writer:
         f.write(prelude(hj))
         self.table_at = f.tell()
         self.entries: list[TileEntry | None] = [None] * header.n_tiles
+        self.major = BASE_MAJOR
         f.write(b"\0" * table_size(header.n_tiles))
 
     def add(self, index: int, payload: bytes) -> None:
         off = self.f.seek(0, 2)
         self.f.write(payload)
         self.entries[index] = TileEntry(off, len(payload), zlib.crc32(payload))
+        self.major = max(self.major, major_needed([payload]))
 
     def finish(self) -> int:
         missing = [i for i, e in enumerate(self.entries) if e is None]
@@ -337,13 +355,16 @@ class Writer:
         end = self.f.seek(0, 2)
         self.f.seek(self.table_at)
         self.f.write(table_bytes(self.entries))  # type: ignore[arg-type]
+        if self.major != BASE_MAJOR:
+            self.f.seek(4)
+            self.f.write(bytes([self.major]))
         self.f.seek(end)
         return end
 
 
 def pack_tile(latent: bytes, mask: "bytes | None" = None, empty: bool = False) -> bytes:
-    """Tile payload: flags, optional zlib mask of per-pixel classes, latent words."""
-    flags = (FLAG_MASK if mask is not None else 0) | (FLAG_EMPTY if empty else 0)
+    """Tile payload: flags, optional zlib mask of per-pixel classes, latent words (the last one possibly trimmed)."""
+    flags = (FLAG_MASK if mask is not None else 0) | (FLAG_EMPTY if empty else 0) | (FLAG_TRIMMED if len(latent) % 4 else 0)
     out = [bytes([flags])]
     if mask is not None:
         z = zlib.compress(mask, 9)
@@ -358,7 +379,7 @@ def unpack_tile(payload: bytes, npix: int) -> tuple[bytes | None, bool, bytes]:
     if not payload:
         raise FormatError("empty tile payload")
     flags = payload[0]
-    if flags & ~(FLAG_MASK | FLAG_EMPTY):
+    if flags & ~(FLAG_MASK | FLAG_EMPTY | FLAG_TRIMMED):
         raise FormatError("unknown tile flags")
     pos, mask = 1, None
     if flags & FLAG_MASK:
@@ -381,6 +402,8 @@ def unpack_tile(payload: bytes, npix: int) -> tuple[bytes | None, bool, bytes]:
     latent = payload[pos:]
     if empty and latent:
         raise FormatError("empty tile carries latent data")
+    if bool(flags & FLAG_TRIMMED) != bool(len(latent) % 4):
+        raise FormatError("latent length does not match the tile flags")
     if empty and (mask is None or 0 in mask):
         raise FormatError("empty tile without a full mask")
     return mask, empty, latent

@@ -193,7 +193,8 @@ class Encoder:
         # edge values, not zeros: the fast preset's 4x4 macro scale blocks would otherwise average real
         # latents with zeros, predict too small a scale and skip real content (encoder-side only)
         z = np.round(self.model.hyper_analysis(np.pad(y, ((0, 0), (0, hz - h), (0, wz - w)), mode="edge")))
-        latent, _, bits = self.model.coder.encode(z.astype(np.int64), y, self.model.cfg.first_coded_group(self.quality))
+        latent, _, bits = self.model.coder.encode(z.astype(np.int64), y, self.model.cfg.first_coded_group(self.quality),
+                                                  trim=True)
         return bitstream.pack_tile(latent, mask), bits, len(latent)
 
 
@@ -351,7 +352,10 @@ def encode_source(source: BandSource, meta: dict, out, *, quality: int = 4, doma
 def decode_latent(model: CodecModel, payload: bytes, npix: int, y_hw: tuple[int, int], quality: int,
                   index: int) -> tuple[np.ndarray, bytes | None]:
     """Entropy-decode one tile: its latent y (M, h, w) and its pixel-class mask (None: all valid)."""
-    mask, empty, latent = bitstream.unpack_tile(payload, npix)
+    try:
+        mask, empty, latent = bitstream.unpack_tile(payload, npix)
+    except FormatError as e:
+        raise FormatError(f"tile {index}: {e}") from None
     h, w = y_hw
     if empty:
         return np.zeros((model.cfg.latent, h, w), dtype=np.float32), mask

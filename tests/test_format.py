@@ -13,6 +13,7 @@ import torch
 import sarcodec
 from sarcodec import bitstream
 from sarcodec.bitstream import FormatError, Header
+from sarcodec.codec import decode_latents
 from sarcodec.weights import bundled_path
 from sarcodec.entropy import Z_RADIUS, IntHyperSynthesis, build_y_tables, quantize_pmf
 from sarcodec.model import A_FRAC_BITS, ModelConfig, SarCodecModel
@@ -161,19 +162,24 @@ def test_header_dictionary_is_frozen():
 
 def test_format_1_1_file_still_decodes(tmp_path):
     # Written by sarcodec before format 2 (hp3, q3) from a real OpenSARShip chip (2 bands, uint16).
-    # Format 2 changed only how the header is stored: re-encoding the same chip must give the same
-    # tile payloads, so the old file decodes to exactly what a new file decodes to.
+    # Format 2 changed only how the header is stored, format 3 only trims final range-coder words:
+    # re-encoding the same chip must give the same symbols, so the old file decodes to exactly what
+    # a new file decodes to.
     old = Path(__file__).parent / "data" / "format-1.1-opensarship-q3.sarc"
     src = need(EVAL / "float" / "opensarship-grd-dn-cargo_x11505_y10248.tif")
     new = tmp_path / "new.sarc"
     sarcodec.encode_file(src, new, quality=3, model=sarcodec.load_model(bundled_path("sarcodec-hp3")))
-    assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "2.0"
+    assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "3.0"
     old_b, new_b = old.read_bytes(), new.read_bytes()
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
     assert r_old.header == r_new.header
     assert r_old.header.n_tiles == 2  # 2 bands, one tile each
-    assert [r_old.payload(i) for i in range(2)] == [r_new.payload(i) for i in range(2)]
+    for i in range(2):
+        p_old, p_new = r_old.payload(i), r_new.payload(i)
+        assert p_new[0] == p_old[0] | bitstream.FLAG_TRIMMED and p_new[1 : len(p_old) - 4] == p_old[1:-4]
+        assert len(p_old) - 4 < len(p_new) < len(p_old)  # 1-3 bytes of the final word dropped
+    assert all(np.array_equal(a, b) for a, b in zip(decode_latents(old_b), decode_latents(new_b)))
     assert len(new_b) < len(old_b) - 150  # the dictionary-deflated header
     a, _ = sarcodec.decode_array(old_b)
     b, _ = sarcodec.decode_array(new_b)
@@ -182,8 +188,8 @@ def test_format_1_1_file_still_decodes(tmp_path):
 
 def test_unknown_major_version_is_named(model, s1_array):
     data = bytearray(small_file(model, s1_array))
-    data[4] = 3
-    with pytest.raises(FormatError, match=r"version 3\.0 .*reads 1\.x and 2\.x"):
+    data[4] = 4
+    with pytest.raises(FormatError, match=r"version 4\.0 .*reads 1\.x and 2\.x and 3\.x"):
         sarcodec.decode_array(bytes(data), model=model)
 
 
@@ -238,3 +244,37 @@ def test_weights_of_a_newer_format_are_refused(tmp_path):
     torch.save(blob, path)
     with pytest.raises(WeightsError, match="newer sarcodec"):
         sarcodec.load_model(path)
+
+
+def test_trimmed_final_word_decodes_to_the_same_symbols(model):
+    rng = np.random.default_rng(2)
+    sizes = []
+    for t in range(12):
+        h, w = (int(v) for v in rng.integers(1, 9, 2))
+        z = rng.integers(-2, 3, (model.cfg.hyper, -(-h // 4), -(-w // 4)))
+        y = rng.normal(0, 2, (model.cfg.latent, h, w)).astype(np.float32)
+        first = model.cfg.first_coded_group(int(rng.integers(1, 9)))
+        full, y_hat, _ = model.coder.encode(z, y, first)
+        short, _, _ = model.coder.encode(z, y, first, trim=True)
+        assert len(full) % 4 == 0 and full[:-4] == short[: len(full) - 4] and len(full) - 4 < len(short) <= len(full)
+        assert np.array_equal(model.coder.decode(short, z.shape, (h, w), first), y_hat)
+        sizes.append(len(full) - len(short))
+    assert sum(sizes) >= 8  # ~1.6 bytes a tile on average
+
+
+def test_small_tiles_make_a_3_0_file_and_large_ones_a_2_0_file(model, s1_array):
+    chip = sarcodec.encode_array(s1_array[0, :77, :77], 1, model=model)
+    r = bitstream.Reader(io.BytesIO(chip), len(chip))
+    assert r.version == (3, 0) and r.payload(0)[0] & bitstream.FLAG_TRIMMED
+    rec, _ = sarcodec.decode_array(chip, model=model)
+    assert rec.shape == (1, 77, 77)
+    big = sarcodec.encode_array(s1_array[0, :512, :512], 8, model=model, tile=512)  # latent >> TRIM_MAX_BYTES
+    assert bitstream.Reader(io.BytesIO(big), len(big)).version == (2, 0)
+
+
+def test_trimmed_tile_in_a_2_x_file_is_rejected(model, s1_array):
+    chip = bytearray(sarcodec.encode_array(s1_array[0, :77, :77], 1, model=model))
+    assert chip[4] == 3
+    chip[4] = 2
+    with pytest.raises(FormatError, match="format-3 flag in a 2.x file"):
+        sarcodec.decode_array(bytes(chip), model=model)

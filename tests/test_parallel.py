@@ -51,10 +51,13 @@ def test_bad_tile_in_a_worker_is_one_clean_line(tmp_path, s1_array):
     data = sarcodec.encode_array(s1_array[0, :512, :512], 4, tile=128, model=fast)
     r = bitstream.Reader(io.BytesIO(data), len(data))
     payloads = [r.payload(i) for i in range(r.header.n_tiles)]
-    payloads[9] = payloads[9][:-1]  # checksums fine, coded data unusable: found by the worker decoding it
+    # checksums fine, tile unusable (flags say whole words, the length says otherwise): found by the worker decoding it
+    p = payloads[9] if payloads[9][0] & bitstream.FLAG_TRIMMED else payloads[9][:-1]
+    payloads[9] = bytes([p[0] & ~bitstream.FLAG_TRIMMED]) + p[1:]
     bad = tmp_path / "bad.sarc"
     bad.write_bytes(bitstream.pack(r.header, payloads))
     res = run_cli("decode", bad, tmp_path / "out.tif", "--workers", "2")
     assert res.returncode == 2, res.stderr
-    assert "tile 9 cannot be entropy-decoded" in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "tile 9: latent length does not match the tile flags" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert list(tmp_path.iterdir()) == [bad]  # no output, no partial file
