@@ -82,6 +82,10 @@ class EntropyError(ValueError):
     """Raised when a coded tile is inconsistent with the model."""
 
 
+# what decoding data that no symbol sequence could have produced raises (constriction: AssertionError)
+DECODE_ERRORS = (AssertionError, ValueError, RuntimeError, OverflowError, IndexError)
+
+
 def quantize_pmf(p: np.ndarray, total_bits: int = PMF_TOTAL_BITS) -> np.ndarray:
     """Float pmf rows -> integer rows summing to 2^total_bits with every entry >= 1."""
     p = np.asarray(p, dtype=np.float64)
@@ -354,7 +358,7 @@ class EntropyCoder:
             cand = payload[:-4] + payload[-keep:]
             try:
                 z2, sym2, _, _ = self._symbols(cand, z_sym.shape, y_hw, first_group)
-            except (AssertionError, ValueError, RuntimeError, OverflowError, IndexError):
+            except DECODE_ERRORS:
                 continue
             if np.array_equal(z2, z_sym) and np.array_equal(sym2, sym):
                 return cand
@@ -367,19 +371,17 @@ class EntropyCoder:
             return self._decode(payload, z_shape, y_hw, first_group, offsets)
         except EntropyError:
             raise
-        except (AssertionError, ValueError, RuntimeError, OverflowError, IndexError) as e:
-            # constriction signals data that no symbol sequence could have produced with AssertionError
+        except DECODE_ERRORS as e:
             raise EntropyError(f"invalid coded data ({e})") from None
 
     def _decode(self, payload: bytes, z_shape: tuple[int, int, int], y_hw: tuple[int, int], first_group: int,
                 offsets: np.ndarray | None) -> np.ndarray:
         _, sym, mean_int, sidx = self._symbols(payload, z_shape, y_hw, first_group)
-        h, w = y_hw
-        return reconstruct(sym, mean_int[:, :h, :w], sidx, offsets)
+        return reconstruct(sym, mean_int, sidx, offsets)
 
     def _symbols(self, payload: bytes, z_shape: tuple[int, int, int], y_hw: tuple[int, int],
                  first_group: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """-> (z symbols, flat y symbols int32, integer means, scale indices (M, h, w))."""
+        """-> (z symbols, flat y symbols int32, integer means and scale indices cropped to ``y_hw``)."""
         dec = constriction.stream.queue.RangeDecoder(restore_words(payload))
         cz, hz, wz = z_shape
         if cz != len(self.z_models):
@@ -410,7 +412,7 @@ class EntropyCoder:
             coded[pos] = sign * (base + mags)
         sym = np.zeros(sidx.size, dtype=np.int32)  # not coded: 0, i.e. y_hat = mean
         sym[order] = coded
-        return z_sym, sym, mean_int, sidx
+        return z_sym, sym, mean_int[:, :h, :w], sidx
 
 
 def restore_words(payload: bytes) -> np.ndarray:

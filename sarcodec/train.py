@@ -24,9 +24,9 @@ a relative improvement equally at every quality.  Plain L lets the high qualitie
 from a dB at the low rates (~2 dB per rate doubling there, ~7 at q8).  Validation then selects by
 the mean over qualities of log L_q.
 
-Non-finite losses are skipped and counted, never stepped on or saved.  A checkpoint (model, optimiser, step, best) is written
-every ``checkpoint_every`` steps and ``--resume`` continues from it; the best model by validation
-loss is exported with ``sarcodec.weights.export``.
+Non-finite losses are skipped and counted, never stepped on or saved.  A checkpoint (model,
+optimiser, step, best) is written every ``checkpoint_every`` steps and ``--resume`` continues from
+it; the best model by validation loss is exported with ``sarcodec.weights.export``.
 """
 from __future__ import annotations
 
