@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .model import SarCodecModel
 
 FORMAT = "sarcodec-weights"
-DEFAULT_MODEL = "sarcodec-hp6.pt"
+DEFAULT_MODEL = "sarcodec-hp7.pt"
 PRESETS = {"default": DEFAULT_MODEL, "fast": "sarcodec-fast5.npz"}
 FLOAT_PARTS = ("g_a", "g_s", "h_a", "gains", "recon")
 VERSION = 2  # 1: up to hp5 / fast4; 2: adds the reconstruction offsets (older readers would ignore them)
