@@ -24,6 +24,7 @@ class ModelConfig:
     c4: int = 64  # channels at 1/4 resolution
     c8: int = 128  # channels at 1/8 resolution
     c16: int = 160  # channels at 1/16 resolution
+    s16_extra: int = 0  # bottleneck residual blocks added to the synthesis at 1/16 (wide context, little compute)
     qualities: int = 8
     lambdas: list[float] = field(
         default_factory=lambda: [0.0003, 0.00064, 0.00136, 0.0029, 0.0062, 0.0132, 0.028, 0.06]
@@ -54,7 +55,7 @@ class ModelConfig:
     @property
     def halo_lat(self) -> int:
         """Synthesis context a tile needs beyond its latents (latent positions)."""
-        return 1 if self.transform == "lot8" else 4
+        return 1 if self.transform == "lot8" else 4 + self.s16_extra
 
     def first_coded_group(self, quality: int) -> int:
         """Scale-index groups below this are not coded at ``quality`` (1-based)."""
@@ -69,6 +70,8 @@ class ModelConfig:
                 d.pop(k)
         if not self.skip_groups:  # likewise
             d.pop("skip_groups")
+        if not self.s16_extra:  # likewise (added with sarcodec-hp8)
+            d.pop("s16_extra")
         return d
 
     @classmethod

@@ -146,9 +146,14 @@ class Synthesis(nn.Module):
         )
         nn.init.zeros_(self.net[-2].weight)
         nn.init.zeros_(self.net[-2].bias)
+        # ``s16_extra`` bottleneck blocks at 1/16 follow net's first block (~330 MACs/pixel and one
+        # latent of receptive field each); separate, so that a smaller model's parameters keep their
+        # names and load into a grown one, which then starts as exactly that model (a new block
+        # starts as the identity)
+        self.more = nn.Sequential(*[ResBlock(cfg.c16, bottleneck=True) for _ in range(cfg.s16_extra)])
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.lapped(y) + self.net(y)
+        return self.lapped(y) + self.net[3:](self.more(self.net[:3](y)))
 
 
 class LotAnalysis(nn.Module):

@@ -240,11 +240,13 @@ def load_checkpoint_model(ckpt: str | Path, best: bool = True) -> "SarCodecModel
     return model.eval()
 
 
-def training_model_from_weights(path: str | Path) -> "SarCodecModel":
+def training_model_from_weights(path: str | Path, grow: int = 0) -> "SarCodecModel":
     """Rebuild the float training model from an exported file (to continue training from it).
 
     Float parts come from their stored copies, the hyper-synthesis from its exact fixed-point
     weights (the training model's fake-quantised values), the prior from its stored parameters.
+    ``grow`` adds that many bottleneck residual blocks at 1/16 to the synthesis (default
+    architecture only); they start as the identity, so the grown model starts as the stored one.
     """
     import torch
 
@@ -255,10 +257,19 @@ def training_model_from_weights(path: str | Path) -> "SarCodecModel":
     if not blob.get("prior"):
         raise WeightsError(f"{path} cannot seed training (no training parameters stored)")
     cfg = ModelConfig.from_dict(blob["config"])
+    if grow:
+        if cfg.transform != "lapped16":
+            raise WeightsError("only the default architecture's synthesis can grow")
+        cfg.s16_extra += grow
     model = SarCodecModel(cfg)
     t = lambda v: torch.from_numpy(_np(v).astype(np.float32))  # noqa: E731
     for part in FLOAT_PARTS:
-        getattr(model, part).load_state_dict({k[len(part) + 1 :]: t(v) for k, v in blob["float"].items() if k.startswith(part + ".")})
+        state = {k[len(part) + 1 :]: t(v) for k, v in blob["float"].items() if k.startswith(part + ".")}
+        missing, unexpected = getattr(model, part).load_state_dict(state, strict=not grow)
+        new = tuple(f"more.{j}." for j in range(cfg.s16_extra - grow, cfg.s16_extra))
+        bad = unexpected + [k for k in missing if not (part == "g_s" and new and k.startswith(new))]
+        if bad:
+            raise WeightsError(f"{path}: parameters do not match the architecture ({', '.join(bad)})")
     ihs = IntHyperSynthesis.from_state(blob["int"], cfg.latent)
     n = len(ihs.layers)
     g = output_gains(cfg.latent, cfg.hs_head).astype(np.float64)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 import sarcodec
@@ -57,6 +58,38 @@ def test_training_can_start_from_exported_weights(tmp_path):
     assert a == b  # the exported file is a faithful seed for further training
 
 
+def test_a_grown_synthesis_starts_as_the_model_it_grew_from(tmp_path):
+    from sarcodec.model import ModelConfig, SarCodecModel
+    from sarcodec.weights import WeightsError, default_weights_path, export, training_model_from_weights
+
+    cfg = ModelConfig(latent=16, hyper=8, hyper_hidden=8, c4=8, c8=8, c16=16)
+    torch.manual_seed(4)
+    m = SarCodecModel(cfg)
+    for p in m.parameters():
+        p.data.add_(torch.randn_like(p) * 0.01)
+    export(m, tmp_path / "a.pt")
+    small = training_model_from_weights(tmp_path / "a.pt").eval()
+    grown = training_model_from_weights(tmp_path / "a.pt", grow=2).eval()
+    assert grown.cfg.s16_extra == 2 and grown.cfg.halo_lat == small.cfg.halo_lat + 2
+    assert "s16_extra" not in small.cfg.to_dict()  # older models keep their ids
+    y = torch.randn(1, 16, 6, 5)
+    with torch.no_grad():
+        assert torch.equal(small.g_s(y), grown.g_s(y))
+    for p in grown.g_s.more.parameters():  # the new blocks train
+        p.data.add_(torch.randn_like(p) * 0.01)
+    export(grown, tmp_path / "g.pt")
+    again = training_model_from_weights(tmp_path / "g.pt", grow=1)  # grows further: blocks 0-1 load, 2 is new
+    assert again.cfg.s16_extra == 3
+    with torch.no_grad():
+        assert torch.allclose(again.g_s.eval()(y), grown.g_s(y), atol=1e-2)  # stored as float16
+    m = load(tmp_path / "g.pt")
+    img = (np.random.default_rng(1).random((150, 130)) * 255).astype(np.uint8)
+    r, _ = sarcodec.decode_array(sarcodec.encode_array(img, 4, model=m, tile=64), model=m)
+    assert r.shape == (1, 150, 130)
+    with pytest.raises(WeightsError, match="default architecture"):
+        training_model_from_weights(default_weights_path("fast"), grow=1)
+
+
 def test_training_pass_simulates_the_skipped_latents():
     """Where the coder skips a latent (scale index below the quality's first coded group), the
     training pass must reconstruct from its mean and charge no bits, as the coder does."""
@@ -99,6 +132,8 @@ def test_cli_trains_the_fast_preset(tmp_path):
     assert m.cfg.transform == "lot8" and m.cfg.skip_min_scale and m.stride == 8
     r = run_cli("train", *args, "--out", tmp_path / "g.pt", "--preset", "tiny")
     assert r.returncode == 2 and "--preset must be one of default, fast" in r.stderr
+    r = run_cli("train", *args, "--out", tmp_path / "g.pt", "--grow", "2")
+    assert r.returncode == 2 and "--grow needs --init" in r.stderr and not (tmp_path / "g.pt").exists()
 
 
 def test_gaussian_multilook_keeps_the_mean_and_weakens_speckle():
