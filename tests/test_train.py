@@ -44,30 +44,30 @@ def test_tiny_training_run_exports_and_resumes(tmp_path, monkeypatch):
     assert summary["steps"] == 6
 
 
-def test_training_can_start_from_exported_weights(tmp_path):
+def _tiny_exported(path, seed: int) -> str:
+    """Export a tiny default-architecture model with non-trivial parameters; returns its id."""
     from sarcodec.model import ModelConfig, SarCodecModel
-    from sarcodec.weights import export, training_model_from_weights
+    from sarcodec.weights import export
 
-    cfg = ModelConfig(latent=16, hyper=8, hyper_hidden=8, c4=8, c8=8, c16=16)
-    torch.manual_seed(3)
-    m = SarCodecModel(cfg)
+    torch.manual_seed(seed)
+    m = SarCodecModel(ModelConfig(latent=16, hyper=8, hyper_hidden=8, c4=8, c8=8, c16=16))
     for p in m.parameters():
         p.data.add_(torch.randn_like(p) * 0.01)
-    a = export(m, tmp_path / "a.pt")
+    return export(m, path)
+
+
+def test_training_can_start_from_exported_weights(tmp_path):
+    from sarcodec.weights import export, training_model_from_weights
+
+    a = _tiny_exported(tmp_path / "a.pt", 3)
     b = export(training_model_from_weights(tmp_path / "a.pt"), tmp_path / "b.pt")
     assert a == b  # the exported file is a faithful seed for further training
 
 
 def test_a_grown_synthesis_starts_as_the_model_it_grew_from(tmp_path):
-    from sarcodec.model import ModelConfig, SarCodecModel
     from sarcodec.weights import WeightsError, default_weights_path, export, training_model_from_weights
 
-    cfg = ModelConfig(latent=16, hyper=8, hyper_hidden=8, c4=8, c8=8, c16=16)
-    torch.manual_seed(4)
-    m = SarCodecModel(cfg)
-    for p in m.parameters():
-        p.data.add_(torch.randn_like(p) * 0.01)
-    export(m, tmp_path / "a.pt")
+    _tiny_exported(tmp_path / "a.pt", 4)
     small = training_model_from_weights(tmp_path / "a.pt").eval()
     grown = training_model_from_weights(tmp_path / "a.pt", grow=2).eval()
     assert grown.cfg.s16_extra == 2 and grown.cfg.halo_lat == small.cfg.halo_lat + 2
