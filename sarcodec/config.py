@@ -70,7 +70,7 @@ class ModelConfig:
                 d.pop(k)
         if not self.skip_groups:  # likewise
             d.pop("skip_groups")
-        if not self.s16_extra:  # likewise (added with sarcodec-hp8)
+        if not self.s16_extra:  # likewise (added after sarcodec-hp7)
             d.pop("s16_extra")
         return d
 
