@@ -263,11 +263,11 @@ def training_model_from_weights(path: str | Path, grow: int = 0) -> "SarCodecMod
         cfg.s16_extra += grow
     model = SarCodecModel(cfg)
     t = lambda v: torch.from_numpy(_np(v).astype(np.float32))  # noqa: E731
+    grown = tuple(f"more.{j}." for j in range(cfg.s16_extra - grow, cfg.s16_extra))  # g_s blocks not in the file
     for part in FLOAT_PARTS:
         state = {k[len(part) + 1 :]: t(v) for k, v in blob["float"].items() if k.startswith(part + ".")}
         missing, unexpected = getattr(model, part).load_state_dict(state, strict=not grow)
-        new = tuple(f"more.{j}." for j in range(cfg.s16_extra - grow, cfg.s16_extra))
-        bad = unexpected + [k for k in missing if not (part == "g_s" and new and k.startswith(new))]
+        bad = unexpected + [k for k in missing if not k.startswith(grown if part == "g_s" else ())]
         if bad:
             raise WeightsError(f"{path}: parameters do not match the architecture ({', '.join(bad)})")
     ihs = IntHyperSynthesis.from_state(blob["int"], cfg.latent)
