@@ -369,12 +369,13 @@ def train(
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu or cuda."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch default)."),
     balance: bool = typer.Option(False, "--balance", help="Weight each quality's loss by 1 / its running mean (relative gains count equally)."),
+    sample_by: str = typer.Option("file", help="How crops pick their raster: file (each alike), pixels (by size) or source (each --data alike, by size within)."),
     partial: float = typer.Option(0.25, help="Share of crops whose last block row/column is partly padding (as at image edges)."),
     preset: str = typer.Option("default", help="Architecture to train from scratch: default or fast (ignored with --init/--resume)."),
 ) -> None:
     """Train a model (rate-distortion, all eight qualities at once) and export it."""
     from .config import ModelConfig
-    from .train import TrainConfig, train as run
+    from .train import SAMPLING, TrainConfig, train as run
     from .weights import PRESETS
 
     with _errors():
@@ -382,6 +383,8 @@ def train(
             _fail("--crop must be a multiple of 64", 2)
         if not 0.0 <= partial <= 1.0:
             _fail("--partial must be in 0..1", 2)
+        if sample_by not in SAMPLING:
+            _fail(f"--sample-by must be one of {', '.join(SAMPLING)}", 2)
         if preset not in PRESETS:
             _fail(f"--preset must be one of {', '.join(PRESETS)}", 2)
         if grow and not init:
@@ -392,7 +395,7 @@ def train(
             data=[str(d) for d in data], out=str(out), val=[str(v) for v in (val or [])], val_split=val_split, steps=steps,
             max_minutes=max_minutes, batch=batch, crop=crop, lr=lr, seed=seed, val_every=val_every,
             checkpoint_every=checkpoint_every, resume=resume, compile=compile, device=device, threads=threads,
-            init=str(init) if init else "", grow=grow, partial=partial, balance=balance,
+            init=str(init) if init else "", grow=grow, partial=partial, balance=balance, sample_by=sample_by,
             lambdas=[float(v) for v in lambdas.split(",")] if lambdas else [],
             model=(ModelConfig.fast() if preset == "fast" else ModelConfig()).to_dict(),
         )

@@ -68,6 +68,7 @@ class TrainConfig:
     device: str = "auto"
     threads: int = 0
     balance: bool = False  # weight each quality's loss by 1 / its running mean (see module docstring)
+    sample_by: str = "file"  # how crops pick their raster: see sampling_weights
     partial: float = 0.25  # share of crops with a partial last block row / column (see module docstring)
     model: dict = field(default_factory=dict)  # architecture: ModelConfig.to_dict() (empty: the default model)
 
@@ -89,6 +90,26 @@ def split_files(files: list[Path], val_split: float) -> tuple[list[Path], list[P
     order = np.random.default_rng(99).permutation(len(files))
     n_val = max(1, int(round(len(files) * val_split)))
     return [files[i] for i in sorted(order[:n_val])], [files[i] for i in sorted(order[n_val:])]
+
+
+SAMPLING = ("file", "pixels", "source")
+
+
+def sampling_weights(sizes: list[int], sources: list[int], how: str) -> np.ndarray | None:
+    """Probability of each training raster per crop: ``file`` -- every file alike (None: the
+    original uniform draw, so older recipes reproduce); ``pixels`` -- by pixel count; ``source`` --
+    each ``--data`` argument alike, by pixel count within it.  With the shipped data, ``file`` gives
+    the 450 small MSTAR scenes 86 % of the crops and Sentinel-1 14 %; ``source`` gives 50 / 50."""
+    if how not in SAMPLING:
+        raise ValueError(f"sample_by must be one of {', '.join(SAMPLING)}")
+    if how == "file":
+        return None
+    w = np.asarray(sizes, dtype=np.float64)
+    if how == "source":
+        src = np.asarray(sources)
+        for s in np.unique(src):
+            w[src == s] /= w[src == s].sum()
+    return w / w.sum()
 
 
 def load_band(path: Path) -> np.ndarray:
@@ -235,11 +256,13 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     files = list_rasters(cfg.data)
+    source_of = {f: i for i, d in enumerate(cfg.data) for f in list_rasters([d])}
     val_files, train_files = (list_rasters(cfg.val), files) if cfg.val else split_files(files, cfg.val_split)
     if not train_files:
         raise ValueError("no training rasters found")
     log(f"loading {len(train_files)} training and {len(val_files)} validation rasters")
     images = [load_band(f) for f in train_files]
+    pick = sampling_weights([im.size for im in images], [source_of.get(f, 0) for f in train_files], cfg.sample_by)
     val_x = val_set([load_band(f) for f in val_files])
 
     out = Path(cfg.out)
@@ -326,7 +349,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         lr = cfg.lr if progress < 0.8 else cfg.lr * (0.1 ** ((progress - 0.8) / 0.2))
         for g in opt.param_groups:
             g["lr"] = lr
-        crops = [random_sample(images[i], cfg.crop, rng) for i in rng.integers(0, len(images), cfg.batch)]
+        which = rng.integers(0, len(images), cfg.batch) if pick is None else rng.choice(len(images), cfg.batch, p=pick)
+        crops = [random_sample(images[i], cfg.crop, rng) for i in which]
         masks = [np.ones_like(c) for c in crops]
         for j in np.flatnonzero(rng.random(cfg.batch) < cfg.partial):
             crops[j], masks[j] = partial_block(crops[j], model.cfg.stride, rng)

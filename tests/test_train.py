@@ -134,6 +134,40 @@ def test_cli_trains_the_fast_preset(tmp_path):
     assert r.returncode == 2 and "--preset must be one of default, fast" in r.stderr
     r = run_cli("train", *args, "--out", tmp_path / "g.pt", "--grow", "2")
     assert r.returncode == 2 and "--grow needs --init" in r.stderr and not (tmp_path / "g.pt").exists()
+    r = run_cli("train", *args, "--out", tmp_path / "g.pt", "--sample-by", "scene")
+    assert r.returncode == 2 and "--sample-by must be one of file, pixels, source" in r.stderr
+
+
+def test_sampling_weights_balance_files_pixels_or_sources():
+    from sarcodec.train import sampling_weights
+
+    sizes, sources = [100, 100, 100, 700], [0, 1, 1, 1]
+    assert sampling_weights(sizes, sources, "file") is None  # the original uniform draw
+    assert np.allclose(sampling_weights(sizes, sources, "pixels"), [0.1, 0.1, 0.1, 0.7])
+    assert np.allclose(sampling_weights(sizes, sources, "source"), [0.5, 0.5 / 9, 0.5 / 9, 3.5 / 9])
+    with pytest.raises(ValueError, match="sample_by"):
+        sampling_weights(sizes, sources, "scene")
+
+
+def test_training_draws_crops_by_source(tmp_path, monkeypatch):
+    """``sample_by="source"``: each --data folder gets half of the crops however many files it holds."""
+    a = sorted(need(EVAL / "mstar-xband-8bit").glob("*.jpg"))
+    few, many = tmp_path / "few", tmp_path / "many"
+    few.mkdir(), many.mkdir()
+    for f in a[:2]:
+        (few / f.name).symlink_to(f)
+    for f in a[2:20]:
+        (many / f.name).symlink_to(f)
+    drawn = []
+    real = train_mod.random_sample
+    monkeypatch.setattr(train_mod, "random_sample", lambda img, crop, rng: drawn.append(img.shape) or real(img, crop, rng))
+    monkeypatch.setattr(train_mod, "load_band", lambda p: np.full((256 + len(p.parent.name), 256), 100, np.uint8))
+    cfg = TrainConfig(data=[str(few), str(many)], val=[str(few / a[0].name)], out=str(tmp_path / "t.pt"), steps=30, batch=4,
+                      crop=64, val_every=1000, checkpoint_every=1000, threads=1, partial=0.0, sample_by="source",
+                      model={"latent": 16, "hyper": 8, "hyper_hidden": 8, "c4": 8, "c8": 8, "c16": 16})
+    train(cfg, log=lambda m: None)
+    from_few = sum(s[0] == 256 + 3 for s in drawn)  # the "few" rasters are 259 rows high, "many" 260
+    assert len(drawn) == 120 and 40 <= from_few <= 80  # file-uniform draws would give ~12
 
 
 def test_gaussian_multilook_keeps_the_mean_and_weakens_speckle():
