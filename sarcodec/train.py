@@ -255,8 +255,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
-    files = list_rasters(cfg.data)
-    source_of = {f: i for i, d in enumerate(cfg.data) for f in list_rasters([d])}
+    per_source = [list_rasters([d]) for d in cfg.data]  # one scan; the source index of each file weights its crops
+    files = [f for fs in per_source for f in fs]
+    source_of = {f: i for i, fs in enumerate(per_source) for f in fs}
     val_files, train_files = (list_rasters(cfg.val), files) if cfg.val else split_files(files, cfg.val_split)
     if not train_files:
         raise ValueError("no training rasters found")
