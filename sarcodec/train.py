@@ -95,13 +95,17 @@ def split_files(files: list[Path], val_split: float) -> tuple[list[Path], list[P
 SAMPLING = ("file", "pixels", "source")
 
 
+def check_sample_by(how: str) -> None:
+    if how not in SAMPLING:
+        raise ValueError(f"sample_by must be one of {', '.join(SAMPLING)}")
+
+
 def sampling_weights(sizes: list[int], sources: list[int], how: str) -> np.ndarray | None:
     """Probability of each training raster per crop: ``file`` -- every file alike (None: the
     original uniform draw, so older recipes reproduce); ``pixels`` -- by pixel count; ``source`` --
     each ``--data`` argument alike, by pixel count within it.  With the shipped data, ``file`` gives
     the 450 small MSTAR scenes 86 % of the crops and Sentinel-1 14 %; ``source`` gives 50 / 50."""
-    if how not in SAMPLING:
-        raise ValueError(f"sample_by must be one of {', '.join(SAMPLING)}")
+    check_sample_by(how)
     if how == "file":
         return None
     w = np.asarray(sizes, dtype=np.float64)
@@ -250,6 +254,7 @@ def validate(model: SarCodecModel, xs: torch.Tensor, device: torch.device) -> di
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     """Run training; returns a summary dict. Writes ``cfg.out`` (+ ``.ckpt``) on the way."""
+    check_sample_by(cfg.sample_by)  # before minutes of loading rasters
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     if cfg.threads:

@@ -149,6 +149,16 @@ def test_sampling_weights_balance_files_pixels_or_sources():
         sampling_weights(sizes, sources, "scene")
 
 
+def test_train_rejects_unknown_sampling_before_loading_rasters(tmp_path, monkeypatch):
+    loaded = []
+    monkeypatch.setattr(train_mod, "load_band", lambda p: loaded.append(p) or np.zeros((64, 64), np.uint8))
+    files = sorted(need(EVAL / "mstar-xband-8bit").glob("*.jpg"))[:2]
+    cfg = TrainConfig(data=[str(f) for f in files], out=str(tmp_path / "t.pt"), steps=1, sample_by="scene")
+    with pytest.raises(ValueError, match="sample_by must be one of file, pixels, source"):
+        train(cfg, log=lambda m: None)
+    assert not loaded and not (tmp_path / "t.pt").exists()
+
+
 def test_training_draws_crops_by_source(tmp_path, monkeypatch):
     """``sample_by="source"``: each --data folder gets half of the crops however many files it holds."""
     a = sorted(need(EVAL / "mstar-xband-8bit").glob("*.jpg"))
