@@ -364,6 +364,7 @@ def train(
     resume: bool = typer.Option(False, help="Continue from OUT's .ckpt."),
     init: Optional[Path] = typer.Option(None, help="Start from an exported weights file (e.g. the shipped model)."),
     grow: int = typer.Option(0, help="With --init: add this many bottleneck residual blocks at 1/16 resolution to its synthesis (they start as the identity)."),
+    film: bool = typer.Option(False, "--film", help="With --init: give its synthesis per-quality feature scales and shifts (they start as the identity)."),
     lambdas: Optional[str] = typer.Option(None, help="Comma-separated rate-distortion lambdas, one per quality (overrides the model's)."),
     compile: bool = typer.Option(False, "--compile", help="Use torch.compile (off by default; broken on some platforms)."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu or cuda."),
@@ -389,13 +390,15 @@ def train(
             _fail(f"--preset must be one of {', '.join(PRESETS)}", 2)
         if grow and not init:
             _fail("--grow needs --init", 2)
+        if film and not init:
+            _fail("--film needs --init", 2)
         if not 0 <= grow <= 8:
             _fail("--grow must be in 0..8", 2)
         cfg = TrainConfig(
             data=[str(d) for d in data], out=str(out), val=[str(v) for v in (val or [])], val_split=val_split, steps=steps,
             max_minutes=max_minutes, batch=batch, crop=crop, lr=lr, seed=seed, val_every=val_every,
             checkpoint_every=checkpoint_every, resume=resume, compile=compile, device=device, threads=threads,
-            init=str(init) if init else "", grow=grow, partial=partial, balance=balance, sample_by=sample_by,
+            init=str(init) if init else "", grow=grow, film=film, partial=partial, balance=balance, sample_by=sample_by,
             lambdas=[float(v) for v in lambdas.split(",")] if lambdas else [],
             model=(ModelConfig.fast() if preset == "fast" else ModelConfig()).to_dict(),
         )

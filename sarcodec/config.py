@@ -25,6 +25,7 @@ class ModelConfig:
     c8: int = 128  # channels at 1/8 resolution
     c16: int = 160  # channels at 1/16 resolution
     s16_extra: int = 0  # bottleneck residual blocks added to the synthesis at 1/16 (wide context, little compute)
+    q_film: bool = False  # synthesis features scaled and shifted per quality (model.QualityFilm)
     qualities: int = 8
     lambdas: list[float] = field(
         default_factory=lambda: [0.0003, 0.00064, 0.00136, 0.0029, 0.0062, 0.0132, 0.028, 0.06]
@@ -72,6 +73,8 @@ class ModelConfig:
             d.pop("skip_groups")
         if not self.s16_extra:  # likewise (added after sarcodec-hp7)
             d.pop("s16_extra")
+        if not self.q_film:  # likewise
+            d.pop("q_film")
         return d
 
     @classmethod

@@ -9,6 +9,8 @@ Layout follows the CompressAI separation of *transforms* and *entropy models*:
   It is trained with fake fixed-point quantisation and exported to exact integer arithmetic
   (see ``sarcodec.entropy``), so the entropy decoder never depends on float rounding.
 * ``FactorizedPrior``: the learned per-channel density of z.
+* ``QualityFilm`` (optional, ``ModelConfig.q_film``): per-quality scale and shift of the
+  synthesis features, so the decoder can estimate differently at each rate.
 * ``GainUnits``: one pair of per-channel gain vectors per quality level, so a single model
   serves quality 1..8 (variable rate).
 * ``ReconOffsets``: per quality, where in its quantisation bin the decoder reconstructs a coded
@@ -120,6 +122,28 @@ class Analysis(nn.Module):
         return self.lapped(x) + self.net(x)
 
 
+class QualityFilm(nn.Module):
+    """Per-quality, per-channel scale and shift of the synthesis features at 1/16, 1/8 and 1/4.
+
+    The decoder otherwise infers the rate only from the statistics of its input; with these it can
+    smooth more at low qualities (where it estimates the reflectivity) than at high ones.  Starts as
+    the identity, so a model trained without it continues from exactly where it was.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.chans = (cfg.c16, cfg.c8, cfg.c4)
+        n = sum(self.chans)
+        self.log_scale = nn.Parameter(torch.zeros(cfg.qualities, n))
+        self.shift = nn.Parameter(torch.zeros(cfg.qualities, n))
+
+    def forward(self, x: torch.Tensor, q: torch.Tensor, level: int) -> torch.Tensor:
+        """Features ``x`` (B, C, h, w) at ``level`` (0: 1/16, 1: 1/8, 2: 1/4) for qualities ``q`` (B,)."""
+        a = sum(self.chans[:level])
+        sl = slice(a, a + self.chans[level])
+        return x * torch.exp(self.log_scale[q, sl])[:, :, None, None] + self.shift[q, sl][:, :, None, None]
+
+
 class Synthesis(nn.Module):
     """Inverse lapped transform (starts as the inverse DCT) plus a learned residual (starts at zero)."""
 
@@ -151,9 +175,19 @@ class Synthesis(nn.Module):
         # names and load into a grown one, which then starts as exactly that model (a new block
         # starts as the identity)
         self.more = nn.Sequential(*[ResBlock(cfg.c16, bottleneck=True) for _ in range(cfg.s16_extra)])
+        self.film = QualityFilm(cfg) if cfg.q_film else None
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return self.lapped(y) + self.net[3:](self.more(self.net[:3](y)))
+    def forward(self, y: torch.Tensor, q: torch.Tensor | None = None) -> torch.Tensor:
+        """``q`` (B,): quality indices 0..7; needed only by a model with ``q_film``."""
+        h = self.more(self.net[:3](y))
+        if self.film is None:
+            return self.lapped(y) + self.net[3:](h)
+        if q is None:
+            raise ValueError("this synthesis is quality-conditioned: pass q")
+        h = self.film(h, q, 0)
+        h = self.film(self.net[3:8](h), q, 1)
+        h = self.film(self.net[8:12](h), q, 2)
+        return self.lapped(y) + self.net[12:](h)
 
 
 class LotAnalysis(nn.Module):
@@ -175,7 +209,8 @@ class LotSynthesis(nn.Module):
         self.s = nn.Parameter(torch.from_numpy(lot.init_bases()[1]))
         self.bias = nn.Parameter(torch.zeros(1))
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, q: torch.Tensor | None = None) -> torch.Tensor:
+        """``q`` is accepted for the interface of ``Synthesis``; this synthesis does not depend on it."""
         return lot.synthesis(y, self.s)[:, None] + self.bias
 
 
@@ -421,12 +456,12 @@ class SarCodecModel(nn.Module):
             z_r, y_r = z_hat, y_q
         p_y = torch.where(skip, 1.0, gaussian_likelihood(y_r, mean, scale).clamp_min(1e-9))
         p_z = self.prior.likelihood(z_r).clamp_min(1e-9)
-        x_hat = self.g_s(y_hat * self.gains.igain(q))
+        x_hat = self.g_s(y_hat * self.gains.igain(q), q)
         return {"x_hat": x_hat, "p_y": p_y, "p_z": p_z}
 
 
-def count_macs(module: nn.Module, shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass of ``module`` on an input of ``shape``.
+def count_macs(module: nn.Module, shape: tuple[int, ...], *args: torch.Tensor) -> int:
+    """Multiply-accumulates of one forward pass of ``module`` on an input of ``shape`` (``args`` follow it).
 
     Convolutions are counted by hook; the separable lapped transform as 2 x 16 MACs per pixel.
     """
@@ -444,7 +479,7 @@ def count_macs(module: nn.Module, shape: tuple[int, ...]) -> int:
 
     hs = [m.register_forward_hook(hook) for m in module.modules() if isinstance(m, nn.Conv2d)]
     with torch.no_grad():
-        module(torch.zeros(shape))
+        module(torch.zeros(shape), *args)
     for h in hs:
         h.remove()
     return total

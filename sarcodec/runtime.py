@@ -91,7 +91,7 @@ class TorchModel(CodecModel):
         with torch.inference_mode():
             q = torch.tensor([quality - 1])
             yt = torch.from_numpy(np.ascontiguousarray(y_hat))[None] * self.modules["gains"].igain(q)
-            return self.modules["g_s"](yt)[0, 0].numpy()
+            return self.modules["g_s"](yt, q)[0, 0].numpy()
 
 
 def _lrelu(x: np.ndarray) -> np.ndarray:

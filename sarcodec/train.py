@@ -63,6 +63,7 @@ class TrainConfig:
     resume: bool = False
     init: str = ""  # exported weights file to start from (continue training across sessions)
     grow: int = 0  # with init: bottleneck residual blocks added to its synthesis at 1/16 (see training_model_from_weights)
+    film: bool = False  # with init: add per-quality scales and shifts to its synthesis (model.QualityFilm)
     lambdas: list[float] = field(default_factory=list)  # override the model's rate-distortion ladder
     compile: bool = False
     device: str = "auto"
@@ -278,8 +279,9 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     if cfg.init and not (cfg.resume and ckpt_path.exists()):
         from .weights import training_model_from_weights
 
-        model = training_model_from_weights(cfg.init, cfg.grow).to(device)
-        log(f"initialised from {cfg.init}" + (f", synthesis grown by {cfg.grow} blocks" if cfg.grow else ""))
+        model = training_model_from_weights(cfg.init, cfg.grow, cfg.film).to(device)
+        log(f"initialised from {cfg.init}" + (f", synthesis grown by {cfg.grow} blocks" if cfg.grow else "")
+            + (", quality-conditioned synthesis" if cfg.film else ""))
     else:
         model = SarCodecModel(model_cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)

@@ -240,13 +240,15 @@ def load_checkpoint_model(ckpt: str | Path, best: bool = True) -> "SarCodecModel
     return model.eval()
 
 
-def training_model_from_weights(path: str | Path, grow: int = 0) -> "SarCodecModel":
+def training_model_from_weights(path: str | Path, grow: int = 0, film: bool = False) -> "SarCodecModel":
     """Rebuild the float training model from an exported file (to continue training from it).
 
     Float parts come from their stored copies, the hyper-synthesis from its exact fixed-point
     weights (the training model's fake-quantised values), the prior from its stored parameters.
     ``grow`` adds that many bottleneck residual blocks at 1/16 to the synthesis (default
     architecture only); they start as the identity, so the grown model starts as the stored one.
+    ``film`` adds per-quality scales and shifts to the synthesis (``model.QualityFilm``), likewise
+    starting as the identity.
     """
     import torch
 
@@ -261,12 +263,18 @@ def training_model_from_weights(path: str | Path, grow: int = 0) -> "SarCodecMod
         if cfg.transform != "lapped16":
             raise WeightsError("only the default architecture's synthesis can grow")
         cfg.s16_extra += grow
+    new_film = film and not cfg.q_film
+    if new_film:
+        if cfg.transform != "lapped16":
+            raise WeightsError("only the default architecture's synthesis can be quality-conditioned")
+        cfg.q_film = True
     model = SarCodecModel(cfg)
     t = lambda v: torch.from_numpy(_np(v).astype(np.float32))  # noqa: E731
-    grown = tuple(f"more.{j}." for j in range(cfg.s16_extra - grow, cfg.s16_extra))  # g_s blocks not in the file
+    # g_s parameters not in the file
+    grown = tuple(f"more.{j}." for j in range(cfg.s16_extra - grow, cfg.s16_extra)) + (("film.",) if new_film else ())
     for part in FLOAT_PARTS:
         state = {k[len(part) + 1 :]: t(v) for k, v in blob["float"].items() if k.startswith(part + ".")}
-        missing, unexpected = getattr(model, part).load_state_dict(state, strict=not grow)
+        missing, unexpected = getattr(model, part).load_state_dict(state, strict=not grown)
         bad = unexpected + [k for k in missing if not k.startswith(grown if part == "g_s" else ())]
         if bad:
             raise WeightsError(f"{path}: parameters do not match the architecture ({', '.join(bad)})")

@@ -90,6 +90,40 @@ def test_a_grown_synthesis_starts_as_the_model_it_grew_from(tmp_path):
         training_model_from_weights(default_weights_path("fast"), grow=1)
 
 
+def test_a_quality_conditioned_synthesis_starts_as_its_base_and_decodes_per_quality(tmp_path):
+    from sarcodec.model import count_macs
+    from sarcodec.weights import WeightsError, default_weights_path, export, training_model_from_weights
+
+    _tiny_exported(tmp_path / "a.pt", 4)
+    base = training_model_from_weights(tmp_path / "a.pt").eval()
+    film = training_model_from_weights(tmp_path / "a.pt", film=True).eval()
+    assert film.cfg.q_film and "q_film" not in base.cfg.to_dict()  # older models keep their ids
+    y, q = torch.randn(2, 16, 6, 5), torch.tensor([0, 7])
+    with torch.no_grad():
+        assert torch.equal(base.g_s(y), film.g_s(y, q))  # starts as the identity
+        with pytest.raises(ValueError, match="pass q"):
+            film.g_s(y)
+    assert count_macs(film.g_s, (1, 16, 4, 4), q[:1]) == count_macs(base.g_s, (1, 16, 4, 4))
+    with torch.no_grad():  # as training would move it: quality 8 only
+        film.g_s.film.log_scale[7].uniform_(-0.5, 0.5)
+        film.g_s.film.shift[7].uniform_(-0.5, 0.5)
+    export(film, tmp_path / "f.pt")
+    m = load(tmp_path / "f.pt")
+    assert m.cfg.q_film and m.model_id != load(tmp_path / "a.pt").model_id
+    again = training_model_from_weights(tmp_path / "f.pt", film=True).eval()  # already conditioned: loads as is
+    with torch.no_grad():
+        assert torch.allclose(again.g_s(y, q), film.g_s(y, q), atol=1e-2)  # stored as float16
+    img = (np.random.default_rng(1).random((150, 130)) * 255).astype(np.uint8)
+    a = load(tmp_path / "a.pt")
+    for quality, same in ((1, True), (8, False)):
+        blob = sarcodec.encode_array(img, quality, model=m, tile=64)
+        r, _ = sarcodec.decode_array(blob, model=m)
+        r0, _ = sarcodec.decode_array(sarcodec.encode_array(img, quality, model=a, tile=64), model=a)
+        assert r.shape == (1, 150, 130) and np.array_equal(r, r0) == same
+    with pytest.raises(WeightsError, match="default architecture"):
+        training_model_from_weights(default_weights_path("fast"), film=True)
+
+
 def test_training_pass_simulates_the_skipped_latents():
     """Where the coder skips a latent (scale index below the quality's first coded group), the
     training pass must reconstruct from its mean and charge no bits, as the coder does."""
@@ -134,6 +168,8 @@ def test_cli_trains_the_fast_preset(tmp_path):
     assert r.returncode == 2 and "--preset must be one of default, fast" in r.stderr
     r = run_cli("train", *args, "--out", tmp_path / "g.pt", "--grow", "2")
     assert r.returncode == 2 and "--grow needs --init" in r.stderr and not (tmp_path / "g.pt").exists()
+    r = run_cli("train", *args, "--out", tmp_path / "g.pt", "--film")
+    assert r.returncode == 2 and "--film needs --init" in r.stderr and not (tmp_path / "g.pt").exists()
     r = run_cli("train", *args, "--out", tmp_path / "g.pt", "--sample-by", "scene")
     assert r.returncode == 2 and "--sample-by must be one of file, pixels, source" in r.stderr
 
