@@ -8,13 +8,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import typer
 
-from .parallel import auto_workers
+from .parallel import auto_workers, start_workers
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="sarcodec: learned compression for SAR imagery.")
@@ -164,6 +165,7 @@ def _run_many(jobs: list[tuple[Path, Path]], fn: Callable, workers: int, as_json
     workers = min(workers or auto_workers(), len(jobs))
     if workers > 1:
         with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(workers,)) as ex:
+            start_workers(ex)
             results = list(ex.map(_safe_call, [fn] * len(jobs), jobs, [kw] * len(jobs)))
     else:
         results = [_safe_call(fn, job, kw) for job in jobs]
@@ -178,6 +180,8 @@ def _run_many(jobs: list[tuple[Path, Path]], fn: Callable, workers: int, as_json
 
 
 def _worker_init(workers: int) -> None:
+    if hasattr(signal, "pthread_sigmask"):  # forked by start_workers with SIGINT blocked: Ctrl-C stops workers too
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     n = max(1, (os.cpu_count() or 1) // workers)
     os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(n)
     if "torch" in sys.modules:

@@ -56,6 +56,22 @@ def _init(factory: Callable[[], Any]) -> None:
     _worker_state = factory()
 
 
+def start_workers(ex: "ProcessPoolExecutor") -> None:
+    """Start ``ex``'s worker processes now, with SIGINT blocked while they fork.
+
+    A Ctrl-C that lands during a fork is raised inside Python's at-fork handlers (logging has
+    one), which print and drop it: the run would carry on and finish as if never interrupted.
+    Blocked, it stays pending and is raised right after the fork as a KeyboardInterrupt.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no fork, no signal masks
+        return
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        ex.submit(os.getpid)  # a fork pool starts all its workers at the first submit
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def _one_blas_thread() -> object:
     """Limit BLAS to one thread in this process (several single-threaded processes share the cores;
     OpenBLAS's spinning threads on oversubscribed cores made 2 workers slower than 1)."""
@@ -90,6 +106,11 @@ class TileMap:
             self._blas = _one_blas_thread()  # the parent's share of the work runs beside the workers
             ctx = multiprocessing.get_context("fork")
             self._ex = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init, initargs=(self._factory,))
+            try:
+                start_workers(self._ex)
+            except BaseException:
+                self.__exit__()
+                raise
         return self
 
     def __exit__(self, *exc: object) -> None:

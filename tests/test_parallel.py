@@ -3,6 +3,9 @@ regions handled as in one process."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -61,3 +64,26 @@ def test_bad_tile_in_a_worker_is_one_clean_line(tmp_path, s1_array):
     assert "tile 9: latent length does not match the tile flags" in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1, res.stderr
     assert list(tmp_path.iterdir()) == [bad]  # no output, no partial file
+
+
+def test_ctrl_c_while_workers_fork_is_not_lost(tmp_path):
+    """A SIGINT that lands while the pool forks is raised inside Python's at-fork handlers, which
+    print and drop exceptions: the run would carry on and finish as if never interrupted."""
+    script = tmp_path / "fork_int.py"
+    script.write_text(textwrap.dedent("""
+        import os, signal
+        from sarcodec.parallel import TileMap
+        def ident(state, i):
+            return i
+
+        os.register_at_fork(after_in_parent=lambda: os.kill(os.getpid(), signal.SIGINT))
+        try:
+            with TileMap(None, lambda: None, 2) as tm:
+                done = list(tm.imap(ident, [(i,) for i in range(50)]))
+        except KeyboardInterrupt:
+            print("interrupted")
+        else:
+            print("finished", len(done))
+    """))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "interrupted", r.stdout + r.stderr
