@@ -259,23 +259,19 @@ def training_model_from_weights(path: str | Path, grow: int = 0, film: bool = Fa
     if not blob.get("prior"):
         raise WeightsError(f"{path} cannot seed training (no training parameters stored)")
     cfg = ModelConfig.from_dict(blob["config"])
-    if grow:
-        if cfg.transform != "lapped16":
-            raise WeightsError("only the default architecture's synthesis can grow")
-        cfg.s16_extra += grow
     new_film = film and not cfg.q_film
-    if new_film:
-        if cfg.transform != "lapped16":
-            raise WeightsError("only the default architecture's synthesis can be quality-conditioned")
-        cfg.q_film = True
+    if (grow or new_film) and cfg.transform != "lapped16":
+        raise WeightsError("only the default architecture's synthesis can grow or be quality-conditioned")
+    cfg.s16_extra += grow
+    cfg.q_film = cfg.q_film or new_film
     model = SarCodecModel(cfg)
     t = lambda v: torch.from_numpy(_np(v).astype(np.float32))  # noqa: E731
-    # g_s parameters not in the file
-    grown = tuple(f"more.{j}." for j in range(cfg.s16_extra - grow, cfg.s16_extra)) + (("film.",) if new_film else ())
+    # g_s parameters that start new (as the identity), not from the file
+    new = tuple(f"more.{j}." for j in range(cfg.s16_extra - grow, cfg.s16_extra)) + (("film.",) if new_film else ())
     for part in FLOAT_PARTS:
         state = {k[len(part) + 1 :]: t(v) for k, v in blob["float"].items() if k.startswith(part + ".")}
-        missing, unexpected = getattr(model, part).load_state_dict(state, strict=not grown)
-        bad = unexpected + [k for k in missing if not k.startswith(grown if part == "g_s" else ())]
+        missing, unexpected = getattr(model, part).load_state_dict(state, strict=not new)
+        bad = unexpected + [k for k in missing if not k.startswith(new if part == "g_s" else ())]
         if bad:
             raise WeightsError(f"{path}: parameters do not match the architecture ({', '.join(bad)})")
     ihs = IntHyperSynthesis.from_state(blob["int"], cfg.latent)
