@@ -37,9 +37,12 @@ ANCHOR = "jpeg2000-log"
 HIGH_RATE_FIT = 0.03  # bits: JPEG 2000's H_eff against its lossless rate where the model is trusted
 
 
-def h_eff(bpp: float, psnr: float, peak: float = 255.0) -> float:
-    mse = peak**2 / 10 ** (psnr / 10)
-    return bpp + 0.5 * math.log2(12 * mse)
+def mse_of(psnr: float, peak: float = 255.0) -> float:
+    return peak**2 / 10 ** (psnr / 10)
+
+
+def h_eff(bpp: float, psnr: float) -> float:
+    return bpp + 0.5 * math.log2(12 * mse_of(psnr))
 
 
 def anchor_log_rate(points: list[tuple[float, float]], psnr: float) -> float:
@@ -59,9 +62,9 @@ NEIGHBOURS = [(0, -1), (0, -2), (0, -3), (-1, -3), (-1, -2), (-1, -1), (-1, 0), 
 
 
 def read_band(dataset: str, image: str) -> np.ndarray:
-    import rasterio
+    from sarcodec.io import open_raster
 
-    with rasterio.open(EVAL / dataset / f"{image}.tif") as ds:
+    with open_raster(EVAL / dataset / f"{image}.tif") as ds:
         return ds.read(1)
 
 
@@ -111,38 +114,38 @@ def main() -> None:
     if not images:
         raise SystemExit("no single-band uint8 sarcodec rows in the results")
     per_q: dict[str, list[dict]] = defaultdict(list)
+    lossless: dict[str, dict[str, float]] = {}  # per image: reversible JPEG 2000, JPEG XL, context LS (bpp)
     for img in images:
         anchor = [(r["psnr"], r["bpp"]) for r in by[(img, ANCHOR)]]
         rev = [r["bpp"] for r in by[(img, "lossless")] if r["setting"] == "jpeg2000-reversible"]
         if len(anchor) < 2 or not rev:
             raise SystemExit(f"{img}: needs the {ANCHOR} and lossless codecs in the results")
         band = read_band(by[(img, "sarcodec")][0]["dataset"], img)
-        h_jxl, h_ls = jxl_lossless_bpp(band), context_ls_bpp(band)
+        lossless[img] = {"rev": rev[0], "jxl": jxl_lossless_bpp(band), "ls": context_ls_bpp(band)}
         for r in by[(img, "sarcodec")]:
             a = next(x for x in by[(img, ANCHOR)] if x["setting"] == r["setting"])
-            mse = 255.0**2 / 10 ** (r["psnr"] / 10)
             ln_anchor = anchor_log_rate(anchor, r["psnr"])
-            scalar = h_jxl - 0.5 * math.log2(12 * mse)
+            scalar = lossless[img]["jxl"] - 0.5 * math.log2(12 * mse_of(r["psnr"]))
             per_q[r["setting"]].append({
                 "bpp": r["bpp"], "psnr": r["psnr"], "h": h_eff(r["bpp"], r["psnr"]), "h_anchor": h_eff(a["bpp"], a["psnr"]),
-                "h_rev": rev[0], "h_jxl": h_jxl, "h_ls": h_ls, "saving": math.log(r["bpp"]) - ln_anchor,
+                "saving": math.log(r["bpp"]) - ln_anchor,
                 "scalar": scalar, "shannon": scalar - 0.5 * math.log2(2 * math.pi * math.e / 12), "ln_anchor": ln_anchor,
             })
 
     def pct(log_ratio: float) -> str:
         return f"{(math.exp(log_ratio) - 1) * 100:+.1f} %"
 
-    first = next(iter(per_q.values()))
-    print(f"{len(images)} images; lossless: JPEG XL e9 {np.mean([x['h_jxl'] for x in first]):.3f} bpp, "
-          f"JPEG 2000 reversible {np.mean([x['h_rev'] for x in first]):.3f} bpp; estimated for a context "
-          f"least-squares coder: {np.mean([x['h_ls'] for x in first]):.3f} bpp\n")
+    mean_lossless = {k: float(np.mean([v[k] for v in lossless.values()])) for k in ("rev", "jxl", "ls")}
+    print(f"{len(images)} images; lossless: JPEG XL e9 {mean_lossless['jxl']:.3f} bpp, "
+          f"JPEG 2000 reversible {mean_lossless['rev']:.3f} bpp; estimated for a context "
+          f"least-squares coder: {mean_lossless['ls']:.3f} bpp\n")
     print("| quality | bpp | PSNR | rate vs JPEG 2000-log | H_eff sarcodec | H_eff JPEG 2000-log | scalar estimate | shannon estimate |")
     print("|---|---|---|---|---|---|---|---|")
     for q in sorted(per_q, key=lambda s: int(s.lstrip("q"))):
         v = per_q[q]
         m = {k: float(np.mean([x[k] for x in v])) for k in v[0]}
         line = f"| {q} | {m['bpp']:.3f} | {m['psnr']:.2f} | {pct(m['saving'])} | {m['h']:.3f} | {m['h_anchor']:.3f} |"
-        if m["h_anchor"] - m["h_rev"] <= HIGH_RATE_FIT and m["scalar"] > 0:
+        if m["h_anchor"] - mean_lossless["rev"] <= HIGH_RATE_FIT and m["scalar"] > 0:
             est = [pct(float(np.mean([math.log(x[k]) - x["ln_anchor"] for x in v]))) for k in ("scalar", "shannon")]
             line += f" {m['scalar']:.3f} ({est[0]}) | {m['shannon']:.3f} ({est[1]}) |"
         else:
