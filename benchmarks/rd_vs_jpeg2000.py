@@ -1,4 +1,4 @@
-"""Rate-distortion of the shipped model against JPEG 2000 and JPEG XL on the evaluation data.
+"""Rate-distortion of the shipped model against JPEG 2000, JPEG XL and AVIF on the evaluation data.
 
     python benchmarks/rd_vs_jpeg2000.py [--out bench-out] [--limit N] [--qualities 1-8] [--preset default|fast]
                                         [--weights FILE] [--codecs ...] [--sets s1,float]
@@ -6,8 +6,8 @@
 Runs ``sarcodec bench`` on ``../shared/data/eval/s1-vh-8bit`` (PSNR on the 8-bit values) and on the
 full-range files of ``../shared/data/eval/float`` (PSNR of the dB image; complex SLC files are left
 out: sarcodec does not code them yet), then prints the per-quality table, the BD-rates against
-``jpeg2000-log`` and ``jpeg2000``, and the entropy coder's overhead.  See sarcodec/bench.py for
-how every codec is run and rate-matched.
+``jpeg2000-log`` and ``jpeg2000`` (and sarcodec's against ``jpegxl`` and ``avif``), and the entropy
+coder's overhead.  See sarcodec/bench.py for how every codec is run and rate-matched.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0,
                     help="at most N Sentinel-1 images, and N float images per source family (whu, opensarship, ...); 0: all")
     ap.add_argument("--qualities", default="1-8")
-    ap.add_argument("--codecs", default="sarcodec,jpeg2000,jpeg2000-log,jpegxl,lossless")
+    ap.add_argument("--codecs", default="sarcodec,jpeg2000,jpeg2000-log,jpegxl,avif,lossless")
     ap.add_argument("--preset", default="default", help="shipped model to measure: default or fast")
     ap.add_argument("--weights", type=Path, default=None, help="weights file to measure instead of a preset")
     ap.add_argument("--sets", default="s1,float", help="evaluation sets: s1 (s1-vh-8bit), float, or both")

@@ -1,4 +1,4 @@
-"""``sarcodec bench``: rate-distortion and speed of sarcodec against JPEG 2000, JPEG XL and lossless.
+"""``sarcodec bench``: rate-distortion and speed of sarcodec against JPEG 2000, JPEG XL, AVIF and lossless.
 
 For every image (each band coded separately by every codec) and every sarcodec quality:
 
@@ -10,6 +10,10 @@ For every image (each band coded separately by every codec) and every sarcodec q
   stronger anchor for full-range data.
 * ``jpegxl``: libjxl (imagecodecs) on the same representation as ``jpeg2000-log`` (uint8 as is),
   rate-matched through its distance parameter.
+* ``avif``: AV1 intra (libavif with libaom, imagecodecs) on the same representation, luma only
+  (8-bit, or the uint16 domain rounded to 12 bits, AVIF's deepest), rate-matched through its
+  quality level (0-100, 64 quantiser steps).  Its file carries ~290 bytes of ISOBMFF boxes, which
+  counts at the lowest rates of small images, as sarcodec's and JPEG 2000's headers do.
 * ``lossless``: deflate and zstd GeoTIFF (with predictor) and reversible JPEG 2000: the ratio at zero error.
 
 Rate matching: a secant search on the codec's own quality knob until the bpp is within 2%.
@@ -33,7 +37,9 @@ from . import metrics
 from .codec import CLASS_VALID, ArraySource, fit_band, pixel_classes
 from .preprocess import BandMapping
 
-CODECS = ("sarcodec", "jpeg2000", "jpeg2000-log", "jpegxl", "lossless")
+CODECS = ("sarcodec", "jpeg2000", "jpeg2000-log", "jpegxl", "avif", "lossless")
+ANCHORS = ("jpeg2000-log", "jpeg2000", "jpegxl", "avif")  # summarize: what BD-rates are measured against
+AVIF_SPEED = 4  # libaom speed 0 (slowest) .. 10; 4: ~0.3 dB above the default 6 on 8-bit S1, ~5x its time
 RASTERS = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 CROP = 192
 
@@ -206,6 +212,40 @@ def jxl_encode(c: np.ndarray, bits: float) -> bytes:
                    log_x=True, decreasing=True)
 
 
+def avif_repr(v: np.ndarray, m: BandMapping) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """``coded_repr`` within AVIF's bit depths: uint8 as is, the uint16 domain rounded to 12 bits."""
+    c, back = coded_repr(v, m)
+    if c.dtype == np.uint8:
+        return c, back
+    c12 = np.rint(c.astype(np.float64) * (4095 / 65535)).astype(np.uint16)
+    return c12, lambda d: back(np.rint(d.astype(np.float64) * (65535 / 4095)).astype(np.uint16))
+
+
+def avif_encode(c: np.ndarray, bits: float) -> bytes:
+    import imagecodecs
+
+    # imagecodecs codes a single-channel array losslessly whatever the level: give it three equal
+    # channels and keep only luma (yuv400), which is then exactly the input
+    rgb = np.repeat(c[..., None], 3, axis=-1)
+    kw = dict(speed=AVIF_SPEED, numthreads=1, pixelformat="yuv400", bitspersample=8 if c.dtype == np.uint8 else 12)
+    cache: dict[int, bytes] = {}  # the level is an integer: the search's fractional probes repeat encodings
+
+    def enc(level: float) -> bytes:
+        lv = int(round(level))
+        if lv not in cache:
+            cache[lv] = imagecodecs.avif_encode(rgb, level=lv, **kw)
+        return cache[lv]
+
+    return _secant(enc, bits, 40.0, 60.0, 0.0, 99.0)
+
+
+def avif_decode(data: bytes) -> np.ndarray:
+    import imagecodecs
+
+    d = imagecodecs.avif_decode(data)
+    return d if d.ndim == 2 else d[..., 0]
+
+
 def run_band_codec(img: Image, repr_fn, enc_fn, dec_fn, bits_per_band: list[float | None]):
     parts, rec = [], np.empty_like(img.values)
     te = td = 0.0
@@ -299,6 +339,9 @@ def bench_image(img: Image, codecs: list[str], qualities: list[int], model, done
         if "jpegxl" in codecs:
             guarded("jpegxl", f"q{q}", lambda bits=bits, q=q: row("jpegxl", f"q{q}", *_sum(run_band_codec(
                 img, coded_repr, jxl_encode, imagecodecs.jpegxl_decode, bits))))
+        if "avif" in codecs:
+            guarded("avif", f"q{q}", lambda bits=bits, q=q: row("avif", f"q{q}", *_sum(run_band_codec(
+                img, avif_repr, avif_encode, avif_decode, bits))))
     if "lossless" in codecs:
         for comp in ("deflate", "zstd"):
             guarded("lossless", comp, lambda comp=comp: row("lossless", comp, lossless_geotiff(img.values, comp), None, 0.0, 0.0))
@@ -313,7 +356,8 @@ def _sum(res):
 
 
 def summarize(rows: list[dict]) -> dict:
-    """BD-rates of every codec against jpeg2000-log and jpeg2000, per image and averaged per dataset."""
+    """BD-rates of every codec against jpeg2000-log and jpeg2000, and of sarcodec against jpegxl and avif,
+    per image and averaged per dataset."""
     from collections import defaultdict
 
     curves: dict = defaultdict(lambda: defaultdict(list))
@@ -324,12 +368,12 @@ def summarize(rows: list[dict]) -> dict:
         curves[(r["dataset"], r["image"])][r["codec"]].append((r["bpp"], r[key]))
     per_image = []
     for (ds, im), cs in curves.items():
-        for anchor in ("jpeg2000-log", "jpeg2000"):
+        for anchor in ANCHORS:
             if anchor not in cs:
                 continue
             a = sorted(cs[anchor])
             for codec, pts in cs.items():
-                if codec == anchor:
+                if codec == anchor or (anchor not in ("jpeg2000-log", "jpeg2000") and codec != "sarcodec"):
                     continue
                 p = sorted(pts)
                 lo = max(min(x[1] for x in a), min(x[1] for x in p))
@@ -530,12 +574,14 @@ def _fmt(x: float, nd: int = 2) -> str:
 
 def report_md(rows: list[dict], summary: dict, curves: dict, model) -> str:
     lines = [f"# sarcodec benchmark\n", f"Model: `{model.name}` (id `{model.model_id}`).\n", "## Summary: BD-rate (negative = smaller files at equal PSNR)\n",
-             "| dataset | codec | vs jpeg2000-log | vs jpeg2000 | BD-PSNR vs jpeg2000-log | images |", "|---|---|---|---|---|---|"]
+             "| dataset | codec | vs jpeg2000-log | vs jpeg2000 | vs jpegxl | vs avif | BD-PSNR vs jpeg2000-log | images |",
+             "|---|---|---|---|---|---|---|---|"]
     by = {(a["dataset"], a["codec"], a["anchor"]): a for a in summary["averaged"]}
     for ds, codec in sorted({(a["dataset"], a["codec"]) for a in summary["averaged"]}):
-        l, j = by.get((ds, codec, "jpeg2000-log")), by.get((ds, codec, "jpeg2000"))
-        lines.append(f"| {ds} | {codec} | {_fmt(l['bd_rate'], 1) + ' %' if l else 'n/a'} | {_fmt(j['bd_rate'], 1) + ' %' if j else 'n/a'} | "
-                     f"{_fmt(l['bd_psnr']) + ' dB' if l else 'n/a'} | {(l or j)['images']} |")
+        got = [by.get((ds, codec, anchor)) for anchor in ANCHORS]
+        rates = " | ".join(_fmt(g["bd_rate"], 1) + " %" if g else "n/a" for g in got)
+        l = got[0]
+        lines.append(f"| {ds} | {codec} | {rates} | {_fmt(l['bd_psnr']) + ' dB' if l else 'n/a'} | {next(g for g in got if g)['images']} |")
     lines += ["\n## BD-rate per image (PSNR range of the overlap used for the fit)\n",
               "| dataset | image | codec | anchor | BD-rate | BD-PSNR | PSNR range |", "|---|---|---|---|---|---|---|"]
     for r in sorted(summary["per_image"], key=lambda r: (r["dataset"], r["image"], r["anchor"], r["codec"])):

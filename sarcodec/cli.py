@@ -322,14 +322,14 @@ def _parse_qualities(s: str) -> list[int]:
 def bench(
     data: list[Path] = typer.Option(..., "--data", help="Image file or folder (repeatable); each folder is a dataset."),
     out: Path = typer.Option(Path("bench-out"), "--out", help="Output folder (results.csv/json, rd.png, crops.png, report.md)."),
-    codecs: str = typer.Option("sarcodec,jpeg2000,jpeg2000-log,jpegxl,lossless", help="Comma-separated codecs."),
+    codecs: str = typer.Option("sarcodec,jpeg2000,jpeg2000-log,jpegxl,avif,lossless", help="Comma-separated codecs."),
     qualities: str = typer.Option("1-8", help="sarcodec qualities, e.g. 1-8 or 2,4,6."),
     limit: int = typer.Option(0, help="At most this many images per dataset (0: all)."),
     preset: str = typer.Option("default", help=PRESET_HELP),
     weights: Optional[Path] = typer.Option(None, help="Weights file (default: the shipped model of --preset)."),
     as_json: bool = typer.Option(False, "--json", help="Print the BD-rate summary as JSON on stdout."),
 ) -> None:
-    """Rate-distortion, radiometry and speed against JPEG 2000, JPEG XL and lossless references."""
+    """Rate-distortion, radiometry and speed against JPEG 2000, JPEG XL, AVIF and lossless references."""
     from .bench import run as run_bench
 
     with _errors():
