@@ -39,7 +39,9 @@ from .preprocess import BandMapping
 
 CODECS = ("sarcodec", "jpeg2000", "jpeg2000-log", "jpegxl", "avif", "lossless")
 ANCHORS = ("jpeg2000-log", "jpeg2000", "jpegxl", "avif")  # summarize: what BD-rates are measured against
-AVIF_SPEED = 4  # libaom speed 0 (slowest) .. 10; 4: ~0.3 dB above the default 6 on 8-bit S1, ~5x its time
+# libaom speed 0 (slowest) .. 10.  On a 512^2 8-bit S1 crop 4 takes ~5x the time of the default 6 for
+# 3.5 % fewer bytes at equal PSNR; 1 and 0 save another 2.4 / 2.6 % at 3-8x the time of 4
+AVIF_SPEED = 4
 RASTERS = (".tif", ".tiff", ".jpg", ".jpeg", ".png")
 CROP = 192
 
@@ -246,6 +248,36 @@ def avif_decode(data: bytes) -> np.ndarray:
     return d if d.ndim == 2 else d[..., 0]
 
 
+def j2k_header_bytes(data: bytes) -> int:
+    """Bytes of a single-tile JPEG 2000 codestream that are not coded data: main and tile-part headers
+    up to the SOD marker, and the EOC marker."""
+    sod = data.find(b"\xff\x93")
+    return sod + 2 + 2 if sod >= 0 else len(data)
+
+
+def avif_header_bytes(data: bytes) -> int:
+    """Bytes of an AVIF file outside its ``mdat`` box's content (ftyp, meta, box headers)."""
+    pos = 0
+    while pos + 8 <= len(data):
+        size, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+        if kind == b"mdat":
+            return len(data) - (size - 8)
+        if size < 8:
+            break
+        pos += size
+    return len(data)
+
+
+def sarc_header_bytes(data: bytes) -> int:
+    """Bytes of a ``.sarc`` file outside its tiles' coded data: header, tile table, tile flags."""
+    import io
+
+    from .bitstream import Reader
+
+    entries = Reader(io.BytesIO(data), len(data)).entries
+    return len(data) - sum(e.length for e in entries) + len(entries)
+
+
 def run_band_codec(img: Image, repr_fn, enc_fn, dec_fn, bits_per_band: list[float | None]):
     parts, rec = [], np.empty_like(img.values)
     te = td = 0.0
@@ -314,7 +346,7 @@ def bench_image(img: Image, codecs: list[str], qualities: list[int], model, done
             rec, _ = decode_array(data, model=model)
             td = time.perf_counter() - t
             overhead = 8 * stats["latent_bytes"] / stats["ideal_bits"] - 1 if stats["ideal_bits"] else float("nan")
-            row("sarcodec", f"q{q}", len(data), rec, te, td, {"coder_overhead": overhead})
+            row("sarcodec", f"q{q}", len(data), rec, te, td, {"coder_overhead": overhead, "header_bytes": sarc_header_bytes(data)})
         guarded("sarcodec", f"q{q}", run_sarcodec)
         prev = done.get((img.dataset, img.name, "sarcodec", f"q{q}"))
         if prev and not prev.get("error"):
@@ -326,7 +358,7 @@ def bench_image(img: Image, codecs: list[str], qualities: list[int], model, done
         bits = targets[q]
         if "jpeg2000" in codecs:
             guarded("jpeg2000", f"q{q}", lambda bits=bits, q=q: row("jpeg2000", f"q{q}", *_sum(run_band_codec(
-                img, lambda v, m: native_repr(v), j2k_encode, imagecodecs.jpeg2k_decode, bits))))
+                img, lambda v, m: native_repr(v), j2k_encode, imagecodecs.jpeg2k_decode, bits), j2k_header_bytes)))
         if "jpeg2000-log" in codecs:
             if img.values.dtype == np.uint8 and "jpeg2000" in codecs:
                 # uint8 is coded in the identity domain: jpeg2000-log is jpeg2000 on the same values
@@ -335,13 +367,13 @@ def bench_image(img: Image, codecs: list[str], qualities: list[int], model, done
                     guarded("jpeg2000-log", f"q{q}", lambda key=key: emit(dict(done[key], codec="jpeg2000-log", note="identity domain: same as jpeg2000")))
             else:
                 guarded("jpeg2000-log", f"q{q}", lambda bits=bits, q=q: row("jpeg2000-log", f"q{q}", *_sum(run_band_codec(
-                    img, coded_repr, j2k_encode, imagecodecs.jpeg2k_decode, bits))))
+                    img, coded_repr, j2k_encode, imagecodecs.jpeg2k_decode, bits), j2k_header_bytes)))
         if "jpegxl" in codecs:
             guarded("jpegxl", f"q{q}", lambda bits=bits, q=q: row("jpegxl", f"q{q}", *_sum(run_band_codec(
                 img, coded_repr, jxl_encode, imagecodecs.jpegxl_decode, bits))))
         if "avif" in codecs:
             guarded("avif", f"q{q}", lambda bits=bits, q=q: row("avif", f"q{q}", *_sum(run_band_codec(
-                img, avif_repr, avif_encode, avif_decode, bits))))
+                img, avif_repr, avif_encode, avif_decode, bits), avif_header_bytes)))
     if "lossless" in codecs:
         for comp in ("deflate", "zstd"):
             guarded("lossless", comp, lambda comp=comp: row("lossless", comp, lossless_geotiff(img.values, comp), None, 0.0, 0.0))
@@ -350,22 +382,25 @@ def bench_image(img: Image, codecs: list[str], qualities: list[int], model, done
                 img, lambda v, m: native_repr(v), j2k_encode, imagecodecs.jpeg2k_decode, [None] * nb))))
 
 
-def _sum(res):
+def _sum(res, header: Callable[[bytes], int] | None = None):
+    """(bytes, reconstruction, enc_s, dec_s, extra) of a band codec's result; extra: its header bytes."""
     parts, rec, te, td = res
-    return sum(len(p) for p in parts), rec, te, td
+    return sum(len(p) for p in parts), rec, te, td, {"header_bytes": sum(map(header, parts))} if header else None
 
 
-def summarize(rows: list[dict]) -> dict:
+def summarize(rows: list[dict], payload: bool = False) -> dict:
     """BD-rates of every codec against jpeg2000-log and jpeg2000, and of sarcodec against jpegxl and avif,
-    per image and averaged per dataset."""
+    per image and averaged per dataset.  ``payload``: rates of the coded data alone, without each
+    file's headers and container (rows that record ``header_bytes`` only)."""
     from collections import defaultdict
 
     curves: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if r.get("error") or r["codec"] == "lossless":
+        if r.get("error") or r["codec"] == "lossless" or (payload and r.get("header_bytes") is None):
             continue
         key = "psnr" if r["dtype"] == "uint8" else "psnr_db"
-        curves[(r["dataset"], r["image"])][r["codec"]].append((r["bpp"], r[key]))
+        bpp = 8.0 * (r["bytes"] - r["header_bytes"]) / (r["width"] * r["height"] * r["bands"]) if payload else r["bpp"]
+        curves[(r["dataset"], r["image"])][r["codec"]].append((bpp, r[key]))
     per_image = []
     for (ds, im), cs in curves.items():
         for anchor in ANCHORS:
@@ -416,6 +451,7 @@ METRIC_DEFS = """\
 | metric | definition |
 |---|---|
 | bpp | file bytes x 8 / (pixels x bands), container overhead included |
+| header bytes | bytes of a file that are not coded data: `.sarc` header, tile table and tile flags; JPEG 2000 main and tile-part headers and EOC; AVIF boxes outside `mdat`'s content |
 | PSNR | 10 log10(peak^2/MSE) on the native values over valid pixels; peak 255 for uint8, else the reference's range |
 | PSNR dB | the same on the dB image (log domain: factor x log10 of the linear value; dB input as is; 8-bit display amplitude: 20 log10 v), peak = the reference's dB range |
 | SSIM / MS-SSIM dB | Gaussian-window SSIM (11x11, sigma 1.5) and 5-scale MS-SSIM on the dB image |
@@ -477,6 +513,7 @@ def run(paths: list[Path], out: Path, codecs: list[str], qualities: list[int], m
             save()
             prog.advance(task)
     summary = summarize(rows)
+    summary["payload_averaged"] = summarize(rows, payload=True)["averaged"]
     tmp = res_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"model": model.name, "model_id": model.model_id, "rows": rows, "summary": summary}, indent=1))
     tmp.replace(res_path)
@@ -582,6 +619,18 @@ def report_md(rows: list[dict], summary: dict, curves: dict, model) -> str:
         rates = " | ".join(_fmt(g["bd_rate"], 1) + " %" if g else "n/a" for g in got)
         l = got[0]
         lines.append(f"| {ds} | {codec} | {rates} | {_fmt(l['bd_psnr']) + ' dB' if l else 'n/a'} | {next(g for g in got if g)['images']} |")
+    if summary.get("payload_averaged"):
+        hb: dict = {}
+        for r in rows:
+            if r.get("header_bytes") is not None and not r.get("error"):
+                hb.setdefault((r["dataset"], r["codec"]), []).append(r["header_bytes"])
+        sizes = "; ".join(f"{d}: " + ", ".join(f"{c} {np.mean(v):.0f}" for (d2, c), v in sorted(hb.items()) if d2 == d)
+                          for d in sorted({d for d, _ in hb}))
+        lines += ["\n## BD-rate of the coded data alone (each file's headers and container left out)\n",
+                  f"Headers weigh on small images. Mean header bytes per file: {sizes}.\n",
+                  "| dataset | codec | anchor | BD-rate | images |", "|---|---|---|---|---|"]
+        for a in summary["payload_averaged"]:
+            lines.append(f"| {a['dataset']} | {a['codec']} | {a['anchor']} | {_fmt(a['bd_rate'], 1)} % | {a['images']} |")
     lines += ["\n## BD-rate per image (PSNR range of the overlap used for the fit)\n",
               "| dataset | image | codec | anchor | BD-rate | BD-PSNR | PSNR range |", "|---|---|---|---|---|---|---|"]
     for r in sorted(summary["per_image"], key=lambda r: (r["dataset"], r["image"], r["anchor"], r["codec"])):

@@ -70,6 +70,34 @@ def test_avif_is_lossy_and_summarised(small_bench):
     assert "vs avif" in (small_bench[0] / "report.md").read_text()
 
 
+def test_header_bytes_and_payload_bd_rate(small_bench):
+    """Every lossy row except JPEG XL's records its file's non-data bytes; the payload BD-rates use them."""
+    out, res, _ = small_bench
+    for r in res["rows"]:
+        if r.get("error") or r["codec"] in ("lossless", "load", "jpegxl"):
+            continue
+        assert 0 < r["header_bytes"] < r["bytes"], r
+    sc = [r["header_bytes"] for r in res["rows"] if r.get("codec") == "sarcodec" and not r.get("error")]
+    av = [r["header_bytes"] for r in res["rows"] if r.get("codec") == "avif" and not r.get("error")]
+    assert max(sc) < 300 and min(av) > 200
+    pay = {(a["dataset"], a["codec"], a["anchor"]) for a in res["summary"]["payload_averaged"]}
+    assert {("float", "sarcodec", "jpeg2000-log"), ("float", "sarcodec", "avif")} <= pay
+    assert "coded data alone" in (out / "report.md").read_text()
+
+
+def test_container_parsers():
+    import imagecodecs
+
+    v = (np.arange(64 * 80) % 251).astype(np.uint8).reshape(64, 80)
+    j = imagecodecs.jpeg2k_encode(v, level=30, codecformat="J2K", numthreads=1)
+    hb = bench.j2k_header_bytes(j)
+    assert j[hb - 4 : hb - 2] == b"\xff\x93" and j[-2:] == b"\xff\xd9"
+    a = bench.avif_encode(v, 0.5 * v.size)
+    hb = bench.avif_header_bytes(a)
+    assert a[hb - 4 : hb] == b"mdat"  # the last box: its content runs to the end
+    assert bench.avif_header_bytes(b"not a box") == len(b"not a box")
+
+
 def test_avif_8bit_rate_matched():
     import rasterio
 
