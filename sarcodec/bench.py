@@ -12,7 +12,7 @@ For every image (each band coded separately by every codec) and every sarcodec q
   rate-matched through its distance parameter.
 * ``avif``: AV1 intra (libavif with libaom, imagecodecs) on the same representation, luma only
   (8-bit, or the uint16 domain rounded to 12 bits, AVIF's deepest), rate-matched through its
-  quality level (0-100, 64 quantiser steps).  Its file carries ~290 bytes of ISOBMFF boxes, which
+  quality level (0-100, 64 quantiser steps).  Its file carries 269 bytes of ISOBMFF boxes, which
   counts at the lowest rates of small images, as sarcodec's and JPEG 2000's headers do.
 * ``lossless``: deflate and zstd GeoTIFF (with predictor) and reversible JPEG 2000: the ratio at zero error.
 
