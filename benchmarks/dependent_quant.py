@@ -93,13 +93,12 @@ def trellis(d: np.ndarray, sigma: np.ndarray, coded: np.ndarray, delta: float, l
 
 
 def measure(model, path: Path, crop: int, deltas: list[float], lams: list[float]) -> list[dict]:
-    import rasterio
-
     from sarcodec.entropy import A_FRAC_BITS, Z_RADIUS, _info_bits
+    from sarcodec.io import open_raster
     from sarcodec.model import scale_table
 
     scales = scale_table().numpy()
-    with rasterio.open(path) as ds:
+    with open_raster(path) as ds:
         a = ds.read(1).astype(np.float32)
     if crop:
         h, w = a.shape

@@ -22,7 +22,7 @@ EVAL = ROOT.parent / "shared" / "data" / "eval"
 
 
 def main() -> None:
-    from sarcodec.bench import run
+    from sarcodec.bench import CODECS, run
     from sarcodec.weights import load
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0,
                     help="at most N Sentinel-1 images, and N float images per source family (whu, opensarship, ...); 0: all")
     ap.add_argument("--qualities", default="1-8")
-    ap.add_argument("--codecs", default="sarcodec,jpeg2000,jpeg2000-log,jpegxl,avif,lossless")
+    ap.add_argument("--codecs", default=",".join(CODECS))
     ap.add_argument("--preset", default="default", help="shipped model to measure: default or fast")
     ap.add_argument("--weights", type=Path, default=None, help="weights file to measure instead of a preset")
     ap.add_argument("--sets", default="s1,float", help="evaluation sets: s1 (s1-vh-8bit), float, or both")
