@@ -99,7 +99,8 @@ def valid_mask(img: Image, b: int) -> np.ndarray:
 
 def measure(img: Image, rec: np.ndarray) -> dict:
     """Distortion metrics of a reconstruction (all bands, valid pixels)."""
-    out: dict[str, list[float]] = {k: [] for k in ("psnr", "psnr_db", "ssim_db", "msssim_db", "bias_db", "enl_ref", "enl_rec", "ratio_mean", "ratio_std")}
+    out: dict[str, list[float]] = {k: [] for k in ("psnr", "psnr_db", "ssim_db", "msssim_db", "bias_db", "level_db", "local_level_db",
+                                                  "enl_ref", "enl_rec", "ratio_mean", "ratio_std")}
     for b in range(img.values.shape[0]):
         ref = img.values[b]
         ok = valid_mask(img, b)
@@ -117,6 +118,8 @@ def measure(img: Image, rec: np.ndarray) -> dict:
         out["msssim_db"].append(metrics.ms_ssim(dref, drec, rng))
         out["bias_db"].append(metrics.bias_db(dref[ok], drec[ok]))
         iref, irec = 10 ** (dref / 10), 10 ** (drec / 10)
+        out["level_db"].append(metrics.level_db(iref[ok], irec[ok]))
+        out["local_level_db"].append(metrics.local_level_db(iref, irec, ok))
         wins = metrics.homogeneous_windows(np.where(ok, iref, np.nan))
         out["enl_ref"].append(metrics.enl(iref, wins))
         out["enl_rec"].append(metrics.enl(irec, wins))
@@ -456,9 +459,11 @@ METRIC_DEFS = """\
 | PSNR | 10 log10(peak^2/MSE) on the native values over valid pixels; peak 255 for uint8, else the reference's range |
 | PSNR dB | the same on the dB image (log domain: factor x log10 of the linear value; dB input as is; 8-bit display amplitude: 20 log10 v), peak = the reference's dB range |
 | SSIM / MS-SSIM dB | Gaussian-window SSIM (11x11, sigma 1.5) and 5-scale MS-SSIM on the dB image |
-| bias dB | mean(reconstruction dB - reference dB) over valid pixels |
+| level dB | 10 log10(mean reconstruction intensity / mean reference intensity) over valid pixels: the bias of the mean backscatter |
+| local level dB | the same per 32x32 block of valid pixels, RMS over the blocks: how far regional backscatter levels move |
+| mean dB shift | mean(reconstruction dB - reference dB) over valid pixels. Not a level bias on speckled data: smoothing in the log domain keeps it at 0 while lowering the backscatter (the mean of log-intensity lies below the log of the mean by up to 2.5 dB for single-look speckle); smoothing linear values raises it while keeping the backscatter |
 | ENL | mean^2/var of intensity over the 8 most homogeneous 16x16 windows of the reference (same windows for both) |
-| ratio mean / std | mean and std of reconstruction / reference intensity (speckle-preserving codecs: mean 1) |
+| ratio mean / std | mean and std of the ratio image reference / reconstruction intensity (1 and 0 when lossless; an unbiased reflectivity estimate keeps the mean at 1 and leaves the speckle in the ratio) |
 | BD-rate | Bjontegaard rate difference (cubic fit of log-rate vs PSNR over the overlapping PSNR range); negative = fewer bytes than the anchor. PSNR on 8-bit values for uint8 images, on the dB image otherwise |
 | enc/dec MPix/s | pixels x bands / wall seconds of the in-process encode/decode call (single image) |
 | peak RSS | the bench process's high-water resident memory after the row (an upper bound for that codec) |
@@ -478,7 +483,10 @@ def run(paths: list[Path], out: Path, codecs: list[str], qualities: list[int], m
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / "results.json"
     rows: list[dict] = json.loads(res_path.read_text())["rows"] if res_path.exists() else []
-    rows = [r for r in rows if r.get("model_id") in (None, model.model_id)]
+    # a row is kept if it was made with this model and measured with today's metrics (level_db is
+    # the newest); older rows are measured again
+    rows = [r for r in rows if r.get("model_id") in (None, model.model_id)
+            and (r.get("error") or r.get("codec") in ("load", "lossless") or "level_db" in r)]
     done = {(r["dataset"], r["image"], r["codec"], r["setting"]): r for r in rows}
     images = list_images(paths)
     if limit:
@@ -645,15 +653,31 @@ def report_md(rows: list[dict], summary: dict, curves: dict, model) -> str:
             for p in pts:
                 lines.append(f"| {codec} | {p['setting']} | {p['bpp']:.3f} | {p['psnr']:.2f} | {_fmt(p['ssim_db'], 3)} | {p['n']} |")
         lines.append("")
+    def mean(rs: list[dict], k: str) -> float:
+        v = [r.get(k, float("nan")) for r in rs]
+        return float(np.nanmean(v)) if any(math.isfinite(x) for x in v) else float("nan")
+
     sc = [r for r in rows if r.get("codec") == "sarcodec" and not r.get("error")]
     if sc:
         lines += ["## sarcodec radiometry and speed (means over images)\n",
-                  "| setting | bias dB | ENL ref | ENL rec | ratio mean | ratio std | enc MPix/s | dec MPix/s | coder overhead |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| setting | level dB | local level dB | mean dB shift | ENL ref | ENL rec | ratio mean | ratio std | enc MPix/s | "
+                  "dec MPix/s | coder overhead |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in sorted({r["setting"] for r in sc}):
             rs = [r for r in sc if r["setting"] == s]
-            mean = lambda k: float(np.nanmean([r.get(k, float("nan")) for r in rs]))  # noqa: E731
-            lines.append(f"| {s} | {mean('bias_db'):+.3f} | {mean('enl_ref'):.2f} | {mean('enl_rec'):.2f} | {mean('ratio_mean'):.3f} | "
-                         f"{mean('ratio_std'):.3f} | {mean('enc_mpix_s'):.2f} | {mean('dec_mpix_s'):.2f} | {100 * mean('coder_overhead'):.2f} % |")
+            lines.append(f"| {s} | {_fmt(mean(rs, 'level_db'))} | {_fmt(mean(rs, 'local_level_db'))} | {mean(rs, 'bias_db'):+.3f} | "
+                         f"{mean(rs, 'enl_ref'):.2f} | {mean(rs, 'enl_rec'):.2f} | {mean(rs, 'ratio_mean'):.3f} | {mean(rs, 'ratio_std'):.3f} | "
+                         f"{mean(rs, 'enc_mpix_s'):.2f} | {mean(rs, 'dec_mpix_s'):.2f} | {100 * mean(rs, 'coder_overhead'):.2f} % |")
+    lossy = [r for r in rows if r.get("codec") not in ("load", "lossless") and not r.get("error") and "level_db" in r]
+    if lossy:
+        codecs = [c for c in CODECS if any(r["codec"] == c for r in lossy)]
+        lines += ["\n## Backscatter level per codec (means over images: level dB / local level dB)\n",
+                  "| dataset | setting | " + " | ".join(codecs) + " |", "|---|---|" + "---|" * len(codecs)]
+        for ds, s in sorted({(r["dataset"], r["setting"]) for r in lossy}):
+            cells = []
+            for c in codecs:
+                rs = [r for r in lossy if r["dataset"] == ds and r["setting"] == s and r["codec"] == c]
+                cells.append(f"{_fmt(mean(rs, 'level_db'))} / {_fmt(mean(rs, 'local_level_db'))}" if rs else "-")
+            lines.append(f"| {ds} | {s} | " + " | ".join(cells) + " |")
     ll = [r for r in rows if r.get("codec") == "lossless" and not r.get("error")]
     if ll:
         lines += ["\n## Lossless references (mean bpp)\n", "| dataset | method | bpp |", "|---|---|---|"]

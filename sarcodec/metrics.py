@@ -7,11 +7,20 @@ Definitions (all on float64 unless noted):
 * ``ssim`` / ``ms_ssim``: Wang et al. 2003/2004 with an 11x11 Gaussian window (sigma 1.5, separable, float32),
   K1=0.01, K2=0.03, computed with the given data range; MS-SSIM uses the standard five weights
   (fewer scales for small images, weights renormalised).
-* ``bias_db``: mean(b_dB - a_dB) over valid pixels.
+* ``bias_db``: mean(b_dB - a_dB) over valid pixels: the shift of the dB image.  Not a level
+  bias on speckled data: the mean of log-intensity lies below the log of the mean intensity by up
+  to 2.5 dB (single look), so a codec that smooths in the log domain keeps this at 0 while lowering
+  the backscatter, and one that smooths linear values raises it while keeping the backscatter.
+* ``level_db``: 10*log10(mean(b) / mean(a)) of *intensity* over valid pixels: the bias of the
+  mean backscatter (what a calibrated sigma0 product must keep).
+* ``local_level_db``: the same per ``block`` x ``block`` block of valid pixels, RMS over blocks:
+  how far regional backscatter levels (a field, a parcel) move.
 * ``enl``: equivalent number of looks mean^2/var of *intensity* over homogeneous windows, found
   automatically as the windows with the lowest coefficient of variation of the reference.
-* ``ratio_stats``: mean and std of the ratio image b/a (intensity); speckle-preserving codecs
-  keep the mean at 1.
+* ``ratio_stats``: mean and std of the ratio image a/b (reference over reconstruction intensity,
+  the despeckling literature's ratio image): 1 and 0 for a lossless codec; a reconstruction
+  that estimates the reflectivity without bias keeps the mean at 1 and leaves the speckle in
+  the ratio (std ~ 1/sqrt(looks)).
 * ``bd_rate`` / ``bd_psnr``: Bjontegaard deltas with cubic fits of log-rate vs PSNR integrated over
   the overlapping PSNR (resp. log-rate) range.
 """
@@ -104,6 +113,27 @@ def bias_db(ref_db: np.ndarray, rec_db: np.ndarray) -> float:
     return float(np.mean(rec_db.astype(np.float64) - ref_db.astype(np.float64)))
 
 
+def level_db(ref_int: np.ndarray, rec_int: np.ndarray) -> float:
+    """Bias of the mean intensity in dB (nan without positive reference intensity)."""
+    m = float(np.mean(ref_int, dtype=np.float64)) if ref_int.size else 0.0
+    return 10.0 * math.log10(max(float(np.mean(rec_int, dtype=np.float64)), 1e-300) / m) if m > 0 else float("nan")
+
+
+def local_level_db(ref_int: np.ndarray, rec_int: np.ndarray, valid: np.ndarray | None = None, block: int = 32) -> float:
+    """RMS over the ``block`` x ``block`` blocks (all pixels valid) of their mean-intensity bias in dB."""
+    h, w = (ref_int.shape[0] // block) * block, (ref_int.shape[1] // block) * block
+    if h == 0 or w == 0:
+        return float("nan")
+
+    def means(x: np.ndarray) -> np.ndarray:
+        return x[:h, :w].astype(np.float64).reshape(h // block, block, w // block, block).mean(axis=(1, 3))
+
+    full = means(np.ones_like(ref_int) if valid is None else valid) == 1.0
+    a, b = means(ref_int)[full], means(rec_int)[full]
+    ok = (a > 0) & (b > 0)
+    return float(np.sqrt(np.mean((10.0 * np.log10(b[ok] / a[ok])) ** 2))) if ok.any() else float("nan")
+
+
 def homogeneous_windows(intensity: np.ndarray, win: int = 16, count: int = 8) -> list[tuple[int, int]]:
     """Top-left corners of the ``count`` windows with the lowest coefficient of variation."""
     h, w = intensity.shape
@@ -132,8 +162,8 @@ def enl(intensity: np.ndarray, windows: list[tuple[int, int]], win: int = 16) ->
 
 
 def ratio_stats(ref_int: np.ndarray, rec_int: np.ndarray) -> tuple[float, float]:
-    ok = ref_int > 0
-    r = rec_int[ok].astype(np.float64) / ref_int[ok].astype(np.float64)
+    ok = rec_int > 0
+    r = ref_int[ok].astype(np.float64) / rec_int[ok].astype(np.float64)
     return (float(r.mean()), float(r.std())) if r.size else (float("nan"), float("nan"))
 
 

@@ -50,6 +50,36 @@ def test_enl_and_ratio_on_gamma_speckle():
     assert len(wins) == 16
     # on pure speckle every window is homogeneous: ENL close to the number of looks
     assert abs(metrics.enl(inten, [(r, c) for r in range(0, 256, 16) for c in range(0, 256, 16)]) - looks) < 0.4
-    m, s = metrics.ratio_stats(inten, inten * 2)
-    assert math.isclose(m, 2.0) and math.isclose(s, 0.0, abs_tol=1e-12)
+    m, s = metrics.ratio_stats(inten, inten * 2)  # reference / reconstruction
+    assert math.isclose(m, 0.5) and math.isclose(s, 0.0, abs_tol=1e-12)
     assert math.isclose(metrics.bias_db(np.zeros(4), np.full(4, 1.5)), 1.5)
+
+
+def test_level_metrics_tell_log_smoothing_from_linear_smoothing():
+    """Single-look speckle over two reflectivities. Averaging each 32x32 block in the log domain
+    (what an MSE codec of the dB image converges to) keeps the mean dB but lowers the backscatter by
+    2.5 dB (Euler's constant in dB); averaging intensities keeps the backscatter and raises the mean dB."""
+    rng = np.random.default_rng(2)
+    sigma = np.where(np.arange(256)[None, :] < 128, 1.0, 10.0) * np.ones((256, 1))
+    inten = sigma * rng.exponential(1.0, (256, 256))
+
+    def block_mean(x):
+        return np.kron(x.reshape(8, 32, 8, 32).mean(axis=(1, 3)), np.ones((32, 32)))
+
+    log_smooth = np.exp(block_mean(np.log(inten)))
+    lin_smooth = block_mean(inten)
+    euler_db = 10 * np.log10(np.exp(np.euler_gamma))  # 2.507 dB
+    db = lambda x: 10 * np.log10(x)  # noqa: E731
+    assert abs(metrics.bias_db(db(inten), db(log_smooth))) < 1e-9
+    assert abs(metrics.level_db(inten, log_smooth) + euler_db) < 0.1
+    assert abs(metrics.local_level_db(inten, log_smooth) - euler_db) < 0.3
+    assert abs(metrics.bias_db(db(inten), db(lin_smooth)) - euler_db) < 0.1
+    assert abs(metrics.level_db(inten, lin_smooth)) < 1e-9 and metrics.local_level_db(inten, lin_smooth) < 1e-9
+    # the ratio image of an unbiased reflectivity estimate: mean 1, the speckle's std (1 look)
+    m, s = metrics.ratio_stats(inten, sigma)
+    assert abs(m - 1) < 0.02 and abs(s - 1) < 0.05
+    # blocks with an invalid pixel are left out; none left: nan
+    valid = np.ones((256, 256), bool)
+    valid[:, :128] = False
+    assert metrics.local_level_db(inten, np.where(valid, inten, 0), valid) == 0.0
+    assert math.isnan(metrics.local_level_db(inten[:16, :16], inten[:16, :16]))
