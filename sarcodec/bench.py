@@ -653,6 +653,7 @@ def report_md(rows: list[dict], summary: dict, curves: dict, model) -> str:
             for p in pts:
                 lines.append(f"| {codec} | {p['setting']} | {p['bpp']:.3f} | {p['psnr']:.2f} | {_fmt(p['ssim_db'], 3)} | {p['n']} |")
         lines.append("")
+
     def mean(rs: list[dict], k: str) -> float:
         v = [r.get(k, float("nan")) for r in rs]
         return float(np.nanmean(v)) if any(math.isfinite(x) for x in v) else float("nan")
