@@ -5,11 +5,11 @@
 
 Runs ``sarcodec bench`` on ``../shared/data/eval/s1-vh-8bit`` (PSNR on the 8-bit values) and on the
 full-range files of ``../shared/data/eval/float`` (PSNR of the dB image; complex SLC files are left
-out: sarcodec does not code them yet) -- the two sets issue #3's target is stated on -- and, with
-``--sets mstar``, on the held-out airborne X-band scenes of ``../shared/data/eval/mstar-xband-8bit``
-(8-bit, PSNR on the 8-bit values; a sensor the target does not cover), then prints the per-quality table, the BD-rates against
-``jpeg2000-log`` and ``jpeg2000`` (and sarcodec's against ``jpegxl`` and ``avif``), and the entropy
-coder's overhead.  See sarcodec/bench.py for how every codec is run and rate-matched.
+out: sarcodec does not code them yet) -- the two sets the rate-distortion target is stated on --
+and, with ``--sets mstar``, on the held-out airborne X-band scenes of
+``../shared/data/eval/mstar-xband-8bit`` (8-bit, PSNR on the 8-bit values), then prints the
+per-quality table, the BD-rates against ``jpeg2000-log`` and ``jpeg2000`` (and sarcodec's against
+``jpegxl`` and ``avif``), and the entropy coder's overhead.  See sarcodec/bench.py for how every codec is run and rate-matched.
 """
 from __future__ import annotations
 
