@@ -3,6 +3,7 @@ regions handled as in one process."""
 from __future__ import annotations
 
 import io
+import signal
 import subprocess
 import sys
 import textwrap
@@ -85,5 +86,8 @@ def test_ctrl_c_while_workers_fork_is_not_lost(tmp_path):
         else:
             print("finished", len(done))
     """))
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    # SIG_DFL in the child: a pytest started as a background job (SIGINT ignored) would hand the
+    # ignored SIGINT down, and a Python started so installs no KeyboardInterrupt handler
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert r.stdout.strip() == "interrupted", r.stdout + r.stderr
