@@ -58,13 +58,10 @@ def log_gamma_bias(v: np.ndarray) -> np.ndarray:
     return (torch.log(look) - torch.digamma(look)).numpy()
 
 
-def blocks(x: np.ndarray, b: int) -> np.ndarray:
-    return x.reshape(x.shape[0] // b, b, x.shape[1] // b, b).mean(axis=(1, 3))
-
-
 def main() -> None:
-    from sarcodec.preprocess import choose_domain, fit_mapping
     from sarcodec.io import open_raster
+    from sarcodec.metrics import block_means, level_db, local_level_db
+    from sarcodec.preprocess import choose_domain, fit_mapping
     from sarcodec.model import scale_table
     from sarcodec.weights import load
 
@@ -76,6 +73,7 @@ def main() -> None:
     model = load(args.weights)
     scales = scale_table().numpy()
     s = model.stride
+    energy: dict[int, np.ndarray] = {}  # per quality, shared by the files
     for path in args.files or [FLOAT / f for f in DEFAULT_FILES]:
         with open_raster(path) as ds:
             a = ds.read(1).astype(np.float64)
@@ -86,10 +84,14 @@ def main() -> None:
         if mp.domain == "identity":
             print(f"{path.name}: identity domain, nothing to correct")
             continue
-        # ln(intensity) of the normalised value u, for every log-domain mapping: (u (hi - lo) + lo) ln10 / 10
-        k = (mp.hi - mp.lo) * math.log(10) / 10
-        inten = np.exp((mp.forward(a).astype(np.float64) * (mp.hi - mp.lo) + mp.lo) * math.log(10) / 10)
+        # ln(intensity) of the normalised value u, for every log-domain mapping: (u (hi - lo) + lo) ln10 / 10 = k u + c
+        k, c = (mp.hi - mp.lo) * math.log(10) / 10, mp.lo * math.log(10) / 10
+
+        def intensity(u: np.ndarray) -> np.ndarray:
+            return np.exp(u.astype(np.float64) * k + c)
+
         u = mp.forward(a)
+        inten = intensity(u)
         print(path.name)
         for q in (int(x) for x in args.qualities.split(",")):
             y = model.analysis(u, q)
@@ -100,14 +102,15 @@ def main() -> None:
             sidx = sidx[:, : y.shape[1], : y.shape[2]]
             sig2 = scales[sidx] ** 2
             v_lat = np.where(sidx >= first, np.minimum(sig2, 1 / 12), sig2)
-            v_est = np.tensordot(channel_energy(model, q), v_lat, axes=(0, 0)) / (s * s) * k * k
-            rec = np.exp((model.synthesis(y_hat, q)[:h, :w].astype(np.float64) * (mp.hi - mp.lo) + mp.lo) * math.log(10) / 10)
-            v_true = blocks(np.log(inten / rec) ** 2, s)
+            if q not in energy:
+                energy[q] = channel_energy(model, q)
+            v_est = np.tensordot(energy[q], v_lat, axes=(0, 0)) / (s * s) * k * k
+            rec = intensity(model.synthesis(y_hat, q)[:h, :w])
+            v_true = block_means(np.log(inten / rec) ** 2, s)
             corrected = rec * np.kron(np.exp(log_gamma_bias(v_est)), np.ones((s, s)))
 
             def level(x: np.ndarray) -> str:
-                local = np.sqrt(np.mean((10 * np.log10(blocks(x, 32) / blocks(inten, 32))) ** 2))
-                return f"{10 * np.log10(x.mean() / inten.mean()):+.2f} / {local:.2f}"
+                return f"{level_db(inten, x):+.2f} / {local_level_db(inten, x):.2f}"
 
             print(f"  q{q}: var(e) estimated/actual {np.median(v_est / np.maximum(v_true, 1e-12)):.2f}; "
                   f"level / local level dB {level(rec)} -> {level(corrected)}")

@@ -9,7 +9,8 @@ out: sarcodec does not code them yet) -- the two sets the rate-distortion target
 and, with ``--sets mstar``, on the held-out airborne X-band scenes of
 ``../shared/data/eval/mstar-xband-8bit`` (8-bit, PSNR on the 8-bit values), then prints the
 per-quality table, the BD-rates against ``jpeg2000-log`` and ``jpeg2000`` (and sarcodec's against
-``jpegxl`` and ``avif``), and the entropy coder's overhead.  See sarcodec/bench.py for how every codec is run and rate-matched.
+``jpegxl`` and ``avif``), and the entropy coder's overhead.  See sarcodec/bench.py for how every
+codec is run and rate-matched.
 """
 from __future__ import annotations
 

@@ -119,17 +119,18 @@ def level_db(ref_int: np.ndarray, rec_int: np.ndarray) -> float:
     return 10.0 * math.log10(max(float(np.mean(rec_int, dtype=np.float64)), 1e-300) / m) if m > 0 else float("nan")
 
 
+def block_means(x: np.ndarray, block: int) -> np.ndarray:
+    """Means (float64) of the whole ``block`` x ``block`` blocks of a 2-D array (a partial last row/column is left out)."""
+    h, w = (x.shape[0] // block) * block, (x.shape[1] // block) * block
+    return x[:h, :w].astype(np.float64).reshape(h // block, block, w // block, block).mean(axis=(1, 3))
+
+
 def local_level_db(ref_int: np.ndarray, rec_int: np.ndarray, valid: np.ndarray | None = None, block: int = 32) -> float:
     """RMS over the ``block`` x ``block`` blocks (all pixels valid) of their mean-intensity bias in dB."""
-    h, w = (ref_int.shape[0] // block) * block, (ref_int.shape[1] // block) * block
-    if h == 0 or w == 0:
+    if ref_int.shape[0] < block or ref_int.shape[1] < block:
         return float("nan")
-
-    def means(x: np.ndarray) -> np.ndarray:
-        return x[:h, :w].astype(np.float64).reshape(h // block, block, w // block, block).mean(axis=(1, 3))
-
-    full = means(np.ones_like(ref_int) if valid is None else valid) == 1.0
-    a, b = means(ref_int)[full], means(rec_int)[full]
+    full = block_means(np.ones_like(ref_int) if valid is None else valid, block) == 1.0
+    a, b = block_means(ref_int, block)[full], block_means(rec_int, block)[full]
     ok = (a > 0) & (b > 0)
     return float(np.sqrt(np.mean((10.0 * np.log10(b[ok] / a[ok])) ** 2))) if ok.any() else float("nan")
 
