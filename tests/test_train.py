@@ -1,6 +1,8 @@
 """Training: a tiny real run exports loadable weights; resume continues; non-finite batches are skipped."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -172,6 +174,8 @@ def test_cli_trains_the_fast_preset(tmp_path):
     assert r.returncode == 2 and "--film needs --init" in r.stderr and not (tmp_path / "g.pt").exists()
     r = run_cli("train", *args, "--out", tmp_path / "g.pt", "--sample-by", "scene")
     assert r.returncode == 2 and "--sample-by must be one of file, pixels, source" in r.stderr
+    r = run_cli("train", *args, "--out", tmp_path / "g.pt", "--workers", "-1")
+    assert r.returncode == 2 and "--workers must be >= 0" in r.stderr and not (tmp_path / "g.pt").exists()
 
 
 def test_sampling_weights_balance_files_pixels_or_sources():
@@ -287,3 +291,66 @@ def test_rd_loss_weights_each_crop():
     per_crop = bpp + lambdas[q] * 255.0**2 * mse
     weighted, *_ = train_mod.rd_loss(model, x, q, lambdas, weight=torch.tensor([2.0, 0.5]))
     assert torch.isclose(plain, per_crop.mean()) and torch.isclose(weighted, (per_crop * torch.tensor([2.0, 0.5])).mean())
+
+
+def _draw(rng: np.random.Generator, shape=(3, 1, 64, 64)):
+    return rng.random(shape).astype(np.float32), np.ones(shape, np.float32), rng.integers(0, 8, shape[0])
+
+
+_PARENT = os.getpid()
+
+
+def _fails_in_worker(rng: np.random.Generator):
+    if os.getpid() != _PARENT:
+        raise SystemExit(3)
+    return _draw(rng)
+
+
+def test_batch_loader_order_does_not_depend_on_the_number_of_workers():
+    from sarcodec.train import BatchLoader
+
+    got = {}
+    for workers in (1, 3):
+        with BatchLoader(_draw, np.random.default_rng(0), workers, key=[5, 100]) as batches:
+            got[workers] = [next(batches) for _ in range(7)]
+    want = [_draw(np.random.default_rng([5, 100, k])) for k in range(7)]
+    for w in got.values():
+        assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[2], b[2]) for a, b in zip(w, want))
+    # without workers the batches come from the run's own generator, as before workers existed
+    with BatchLoader(_draw, np.random.default_rng(9)) as batches:
+        first = next(batches)
+    assert np.array_equal(first[0], _draw(np.random.default_rng(9))[0])
+
+
+def test_batch_loader_reports_a_dead_worker_instead_of_waiting():
+    from sarcodec.train import BatchLoader
+
+    with BatchLoader(_fails_in_worker, np.random.default_rng(0), 1) as batches:
+        with pytest.raises(RuntimeError, match="data loader worker 0 stopped"):
+            next(batches)
+
+
+def test_draw_batch_keeps_the_in_loop_draw_order():
+    """Old recipes reproduce: raster choice, crops, partial blocks, then qualities, from one generator."""
+    from sarcodec.train import draw_batch
+
+    images = [np.random.default_rng(i).integers(0, 256, (300, 280)).astype(np.uint8) for i in range(3)]
+    x, m, q = draw_batch(images, None, 4, 64, 0.5, 16, 8, np.random.default_rng(7))
+    rng = np.random.default_rng(7)
+    which = rng.integers(0, 3, 4)
+    crops = [train_mod.random_sample(images[i], 64, rng) for i in which]
+    masks = [np.ones_like(c) for c in crops]
+    for j in np.flatnonzero(rng.random(4) < 0.5):
+        crops[j], masks[j] = train_mod.partial_block(crops[j], 16, rng)
+    assert np.array_equal(x[:, 0], np.stack(crops)) and np.array_equal(m[:, 0], np.stack(masks))
+    assert np.array_equal(q, rng.integers(0, 8, 4)) and x.shape == (4, 1, 64, 64) and x.dtype == np.float32
+
+
+def test_training_with_loader_workers(tmp_path):
+    files = sorted(need(EVAL / "mstar-xband-8bit").glob("*.jpg"))[:4]
+    out = tmp_path / "w.pt"
+    cfg = TrainConfig(data=[str(f) for f in files], out=str(out), steps=3, batch=2, crop=64, val_every=1000,
+                      checkpoint_every=1000, val_split=0.25, threads=1, workers=2,
+                      model={"latent": 16, "hyper": 8, "hyper_hidden": 8, "c4": 8, "c8": 8, "c16": 16})
+    summary = train(cfg, log=lambda m: None)
+    assert summary["steps"] == 3 and summary["skipped"] == 0 and load(out).cfg.latent == 16
