@@ -373,7 +373,7 @@ def train(
     compile: bool = typer.Option(False, "--compile", help="Use torch.compile (off by default; broken on some platforms)."),
     device: str = typer.Option("auto", help="auto (CUDA if present), cpu or cuda."),
     threads: int = typer.Option(0, help="torch CPU threads (0: torch default)."),
-    workers: int = typer.Option(0, help="Processes that draw training crops ahead of the model (0: between steps); a GPU needs several."),
+    workers: int = typer.Option(-1, help="Processes that draw training crops ahead of the model (0: between steps; -1: none on the CPU, all cores but two, at most 14, on a GPU)."),
     balance: bool = typer.Option(False, "--balance", help="Weight each quality's loss by 1 / its running mean (relative gains count equally)."),
     sample_by: str = typer.Option("file", help="How crops pick their raster: file (each alike), pixels (by size) or source (each --data alike, by size within)."),
     partial: float = typer.Option(0.25, help="Share of crops whose last block row/column is partly padding (as at image edges)."),
@@ -397,8 +397,8 @@ def train(
             _fail("--grow needs --init", 2)
         if film and not init:
             _fail("--film needs --init", 2)
-        if workers < 0:
-            _fail("--workers must be >= 0", 2)
+        if workers < -1:
+            _fail("--workers must be -1 (automatic) or >= 0", 2)
         if not 0 <= grow <= 8:
             _fail("--grow must be in 0..8", 2)
         cfg = TrainConfig(

@@ -174,8 +174,8 @@ def test_cli_trains_the_fast_preset(tmp_path):
     assert r.returncode == 2 and "--film needs --init" in r.stderr and not (tmp_path / "g.pt").exists()
     r = run_cli("train", *args, "--out", tmp_path / "g.pt", "--sample-by", "scene")
     assert r.returncode == 2 and "--sample-by must be one of file, pixels, source" in r.stderr
-    r = run_cli("train", *args, "--out", tmp_path / "g.pt", "--workers", "-1")
-    assert r.returncode == 2 and "--workers must be >= 0" in r.stderr and not (tmp_path / "g.pt").exists()
+    r = run_cli("train", *args, "--out", tmp_path / "g.pt", "--workers", "-2")
+    assert r.returncode == 2 and "--workers must be -1 (automatic) or >= 0" in r.stderr and not (tmp_path / "g.pt").exists()
 
 
 def test_sampling_weights_balance_files_pixels_or_sources():
@@ -344,6 +344,17 @@ def test_draw_batch_keeps_the_in_loop_draw_order():
         crops[j], masks[j] = train_mod.partial_block(crops[j], 16, rng)
     assert np.array_equal(x[:, 0], np.stack(crops)) and np.array_equal(m[:, 0], np.stack(masks))
     assert np.array_equal(q, rng.integers(0, 8, 4)) and x.shape == (4, 1, 64, 64) and x.dtype == np.float32
+
+
+def test_loader_workers_are_automatic_only_on_a_gpu(monkeypatch):
+    from sarcodec.train import loader_workers
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+    assert loader_workers(-1, cpu) == 0 and loader_workers(3, cpu) == 3 and loader_workers(0, cuda) == 0
+    monkeypatch.setattr(train_mod.os, "cpu_count", lambda: 16)
+    assert loader_workers(-1, cuda) == 14
+    monkeypatch.setattr(train_mod.os, "cpu_count", lambda: 2)
+    assert loader_workers(-1, cuda) == 1
 
 
 def test_training_with_loader_workers(tmp_path):
