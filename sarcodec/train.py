@@ -243,7 +243,7 @@ class BatchLoader:
     log-mapping a crop costs ~3 ms on one core, far longer than the model spends on it there.
     Batches travel through two shared-memory slots per worker, and only slot numbers through queues:
     a queue pickles a 32 x 256^2 batch through a pipe in ~70 ms, which held an H200 at 15 training
-    steps/s (15 % GPU use); with the slots it ran 26 steps/s.
+    steps/s (10-19 % GPU use); with the slots it ran 25-26 steps/s.
     """
 
     def __init__(self, draw: Callable[[np.random.Generator], Batch], rng: np.random.Generator | None, workers: int = 0,
