@@ -397,6 +397,12 @@ def train(
             _fail("--grow needs --init", 2)
         if film and not init:
             _fail("--film needs --init", 2)
+        from .train import pick_device
+
+        try:
+            pick_device(device)
+        except ValueError as e:
+            _fail(f"--{e}", 2)
         if workers < -1:
             _fail("--workers must be -1 (automatic) or >= 0", 2)
         if not 0 <= grow <= 8:

@@ -327,8 +327,13 @@ def loader_workers(requested: int, device: torch.device) -> int:
 
 
 def pick_device(name: str) -> torch.device:
+    """``auto`` (CUDA if torch sees a GPU), ``cpu`` or ``cuda``; refused before any data is loaded."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device cuda: torch {torch.__version__} sees no CUDA GPU")
     return torch.device(name)
 
 

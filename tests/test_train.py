@@ -174,6 +174,11 @@ def test_cli_trains_the_fast_preset(tmp_path):
     assert r.returncode == 2 and "--film needs --init" in r.stderr and not (tmp_path / "g.pt").exists()
     r = run_cli("train", *args, "--out", tmp_path / "g.pt", "--sample-by", "scene")
     assert r.returncode == 2 and "--sample-by must be one of file, pixels, source" in r.stderr
+    for dev, msg in (("tpu", "--device must be auto, cpu or cuda, not 'tpu'"), ("cuda", "--device cuda: torch")):
+        if dev == "cuda" and torch.cuda.is_available():
+            continue
+        r = run_cli("train", *args, "--out", tmp_path / "d" / "g.pt", "--device", dev)
+        assert r.returncode == 2 and msg in r.stderr and not (tmp_path / "d").exists()
     r = run_cli("train", *args, "--out", tmp_path / "g.pt", "--workers", "-2")
     assert r.returncode == 2 and "--workers must be -1 (automatic) or >= 0" in r.stderr and not (tmp_path / "g.pt").exists()
 
