@@ -27,7 +27,8 @@ the mean over qualities of log L_q.
 CUDA runs the same float32 model (cuDNN may use TF32 for the convolutions).  No autocast: float16
 autocast, which this module used on CUDA before, needs a gradient scaler against underflowing
 gradients and moves the rate estimate (q1's bpp by 1.5 % in a CPU-autocast check), and on an H200
-the float32 model kept the GPU only a quarter busy: the CPU side, drawing crops, sets the pace.
+the float32 model kept the GPU only a quarter busy: the CPU side sets the pace (drawing crops, and
+dispatching the ~5,000 operator calls of a step, which ``--compile`` may cut; not yet tried there).
 With ``workers`` that many processes draw them ahead of the model (``BatchLoader``; by default
 none on the CPU and all cores but two on a GPU).
 
