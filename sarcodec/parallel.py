@@ -14,6 +14,7 @@ serial path computes, so outputs are identical for any number of workers.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -36,13 +37,17 @@ def fork_available() -> bool:
     return "fork" in multiprocessing.get_all_start_methods()
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
+
+
 def auto_workers() -> int:
     """Default number of tile workers: the usable cores, at most MAX_AUTO_WORKERS."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on every platform
-        n = os.cpu_count() or 1
-    return max(1, min(MAX_AUTO_WORKERS, n))
+    return max(1, min(MAX_AUTO_WORKERS, usable_cores()))
 
 
 # Per-process worker state, set once by _init in each forked worker (never in the parent).
@@ -56,20 +61,30 @@ def _init(factory: Callable[[], Any]) -> None:
     _worker_state = factory()
 
 
-def start_workers(ex: "ProcessPoolExecutor") -> None:
-    """Start ``ex``'s worker processes now, with SIGINT blocked while they fork.
+@contextlib.contextmanager
+def sigint_blocked() -> Iterator[None]:
+    """Fork worker processes inside this block: SIGINT is blocked while it runs.
 
     A Ctrl-C that lands during a fork is raised inside Python's at-fork handlers (logging has
     one), which print and drop it: the run would carry on and finish as if never interrupted.
-    Blocked, it stays pending and is raised right after the fork as a KeyboardInterrupt.
+    Blocked, it stays pending and is raised right after the block as a KeyboardInterrupt.
     """
     if not hasattr(signal, "pthread_sigmask"):  # Windows: no fork, no signal masks
+        yield
         return
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        ex.submit(os.getpid)  # a fork pool starts all its workers at the first submit
+        yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def start_workers(ex: "ProcessPoolExecutor") -> None:
+    """Start ``ex``'s worker processes now, with SIGINT blocked while they fork (``sigint_blocked``)."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no fork pool to start early
+        return
+    with sigint_blocked():
+        ex.submit(os.getpid)  # a fork pool starts all its workers at the first submit
 
 
 def _one_blas_thread() -> object:

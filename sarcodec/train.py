@@ -41,7 +41,6 @@ from __future__ import annotations
 import functools
 import math
 import multiprocessing
-import os
 import queue
 import signal
 import time
@@ -54,6 +53,7 @@ import torch
 
 from . import metrics
 from .model import ModelConfig, SarCodecModel
+from .parallel import sigint_blocked, usable_cores
 from .preprocess import fit_mapping
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg"}
@@ -251,6 +251,8 @@ class BatchLoader:
                  key: list[int] | None = None, slots: int = 2) -> None:
         self.draw, self.rng, self.k = draw, rng, 0
         self.procs: list = []
+        self.free: list = []
+        self.ready: list = []
         if not workers:
             return
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
@@ -265,8 +267,9 @@ class BatchLoader:
                 self.free[i].put(slot)
             self.procs.append(ctx.Process(target=_loader_worker, daemon=True, args=(
                 draw, list(key or [0]), i, workers, self.slots[i], self.like, self.free[i], self.ready[i])))
-        for p in self.procs:
-            p.start()
+        with sigint_blocked():  # a Ctrl-C during the forks would be lost (see sarcodec.parallel)
+            for p in self.procs:
+                p.start()
 
     def __enter__(self) -> BatchLoader:
         return self
@@ -298,7 +301,7 @@ class BatchLoader:
             p.terminate()
         for p in self.procs:
             p.join()
-        for q in (*getattr(self, "free", []), *getattr(self, "ready", [])):
+        for q in (*self.free, *self.ready):
             q.cancel_join_thread()
         self.procs = []
 
@@ -324,7 +327,7 @@ def loader_workers(requested: int, device: torch.device) -> int:
     cores but two, at most 14 (an H200 trained at 25-26 steps/s of 32 x 256^2 with 14)."""
     if requested >= 0:
         return requested
-    return 0 if device.type == "cpu" else max(1, min(14, (os.cpu_count() or 2) - 2))
+    return 0 if device.type == "cpu" else max(1, min(14, usable_cores() - 2))
 
 
 def pick_device(name: str) -> torch.device:

@@ -356,9 +356,9 @@ def test_loader_workers_are_automatic_only_on_a_gpu(monkeypatch):
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
     assert loader_workers(-1, cpu) == 0 and loader_workers(3, cpu) == 3 and loader_workers(0, cuda) == 0
-    monkeypatch.setattr(train_mod.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(train_mod, "usable_cores", lambda: 16)
     assert loader_workers(-1, cuda) == 14
-    monkeypatch.setattr(train_mod.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(train_mod, "usable_cores", lambda: 2)
     assert loader_workers(-1, cuda) == 1
 
 
