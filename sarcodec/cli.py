@@ -322,7 +322,7 @@ def _parse_qualities(s: str) -> list[int]:
 def bench(
     data: list[Path] = typer.Option(..., "--data", help="Image file or folder (repeatable); each folder is a dataset."),
     out: Path = typer.Option(Path("bench-out"), "--out", help="Output folder (results.csv/json, rd.png, crops.png, report.md)."),
-    codecs: str = typer.Option("sarcodec,jpeg2000,jpeg2000-log,jpegxl,avif,lossless", help="Comma-separated codecs."),
+    codecs: str = typer.Option("all", help="Comma-separated codecs (sarcodec, jpeg2000, jpeg2000-log, jpegxl, avif, lossless), or all."),
     qualities: str = typer.Option("1-8", help="sarcodec qualities, e.g. 1-8 or 2,4,6."),
     limit: int = typer.Option(0, help="At most this many images per dataset (0: all)."),
     preset: str = typer.Option("default", help=PRESET_HELP),
@@ -330,7 +330,7 @@ def bench(
     as_json: bool = typer.Option(False, "--json", help="Print the BD-rate summary as JSON on stdout."),
 ) -> None:
     """Rate-distortion, radiometry and speed against JPEG 2000, JPEG XL, AVIF and lossless references."""
-    from .bench import run as run_bench
+    from .bench import CODECS, run as run_bench
 
     with _errors():
         qs = _parse_qualities(qualities)
@@ -338,7 +338,8 @@ def bench(
             if not p.exists():
                 _fail(f"{p}: no such file or folder", 2)
         try:
-            res = run_bench(data, out, [c.strip() for c in codecs.split(",") if c.strip()], qs, _load(weights, preset),
+            names = list(CODECS) if codecs.strip() == "all" else [c.strip() for c in codecs.split(",") if c.strip()]
+            res = run_bench(data, out, names, qs, _load(weights, preset),
                             progress=sys.stderr.isatty(), limit=limit)
         except ValueError as e:
             _fail(str(e), 2)

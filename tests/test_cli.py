@@ -200,3 +200,18 @@ def test_version():
     r = run_cli("--version")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"sarcodec {sarcodec.__version__} (writes .sarc 2.") and DEFAULT_MODEL in r.stdout
+
+
+def test_bench_default_codecs_and_unknown_codec(tmp_path):
+    """`sarcodec bench` runs every codec unless told otherwise; an unknown name is one line, exit 2,
+    and no output folder."""
+    src = need(EVAL / "float" / "pyrosar-s1a-vv-db.tif")
+    out = tmp_path / "b"
+    r = run_cli("bench", "--data", src, "--qualities", "1,5", "--out", out, "--json")
+    assert r.returncode == 0, r.stderr
+    from sarcodec.bench import CODECS
+
+    assert {row["codec"] for row in json.loads(r.stdout)} | {"lossless"} == set(CODECS)
+    r = run_cli("bench", "--data", src, "--codecs", "nope,jpegxl", "--out", tmp_path / "c")
+    assert_clean_failure(r, 2, "unknown codec", "nope", "jpeg2000-log")
+    assert not (tmp_path / "c").exists()
