@@ -26,7 +26,7 @@ EVAL = ROOT.parent / "shared" / "data" / "eval"
 
 def main() -> None:
     from sarcodec.bench import CODECS, run
-    from sarcodec.weights import load
+    from sarcodec.weights import load, load_preset
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
@@ -35,7 +35,8 @@ def main() -> None:
                          "opensarship, ...); 0: all")
     ap.add_argument("--qualities", default="1-8")
     ap.add_argument("--codecs", default=",".join(CODECS))
-    ap.add_argument("--preset", default="default", help="shipped model to measure: default or fast")
+    ap.add_argument("--preset", default="default", help="shipped models to measure: default (the encoder chooses "
+                    "between its two per file) or fast")
     ap.add_argument("--weights", type=Path, default=None, help="weights file to measure instead of a preset")
     ap.add_argument("--sets", default="s1,float",
                     help="comma-separated evaluation sets: s1 (s1-vh-8bit), float, mstar (mstar-xband-8bit)")
@@ -69,7 +70,7 @@ def main() -> None:
             (flt / f.name).symlink_to(f)
         dirs.append(flt)
     try:
-        res = run(dirs, args.out, args.codecs.split(","), qs, load(args.weights, args.preset))
+        res = run(dirs, args.out, args.codecs.split(","), qs, load(args.weights) if args.weights else load_preset(args.preset))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print((args.out / "report.md").read_text())

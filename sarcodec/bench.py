@@ -27,6 +27,7 @@ import json
 import math
 import resource
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,6 +35,7 @@ from typing import Callable
 import numpy as np
 
 from . import metrics
+from .choice import ModelSet
 from .codec import CLASS_VALID, ArraySource, fit_band, pixel_classes
 from .preprocess import BandMapping
 
@@ -350,7 +352,8 @@ def bench_image(img: Image, codecs: list[str], qualities: list[int], model, done
             rec, _ = decode_array(data, model=model)
             td = time.perf_counter() - t
             overhead = 8 * stats["latent_bytes"] / stats["ideal_bits"] - 1 if stats["ideal_bits"] else float("nan")
-            row("sarcodec", f"q{q}", len(data), rec, te, td, {"coder_overhead": overhead, "header_bytes": sarc_header_bytes(data)})
+            row("sarcodec", f"q{q}", len(data), rec, te, td, {"coder_overhead": overhead, "header_bytes": sarc_header_bytes(data),
+                                                                "model": stats["model"]})
         guarded("sarcodec", f"q{q}", run_sarcodec)
         prev = done.get((img.dataset, img.name, "sarcodec", f"q{q}"))
         if prev and not prev.get("error"):
@@ -619,7 +622,13 @@ def _fmt(x: float, nd: int = 2) -> str:
 
 
 def report_md(rows: list[dict], summary: dict, curves: dict, model) -> str:
-    lines = [f"# sarcodec benchmark\n", f"Model: `{model.name}` (id `{model.model_id}`).\n", "## Summary: BD-rate (negative = smaller files at equal PSNR)\n",
+    chosen: dict = {}  # dataset -> Counter of the models the encoder chose (images x qualities)
+    for r in rows:
+        if r["codec"] == "sarcodec" and r.get("model") and not r.get("error"):
+            chosen.setdefault(r["dataset"], Counter())[r["model"]] += 1
+    picks = "; ".join(f"{d}: " + ", ".join(f"`{m}` {n}" for m, n in sorted(c.items())) for d, c in sorted(chosen.items()))
+    lines = [f"# sarcodec benchmark\n", f"Model: `{model.name}` (id `{model.model_id}`).\n",
+             *([f"Models the encoder chose (images x qualities): {picks}.\n"] if isinstance(model, ModelSet) else []), "## Summary: BD-rate (negative = smaller files at equal PSNR)\n",
              "| dataset | codec | vs jpeg2000-log | vs jpeg2000 | vs jpegxl | vs avif | BD-PSNR vs jpeg2000-log | images |",
              "|---|---|---|---|---|---|---|---|"]
     by = {(a["dataset"], a["codec"], a["anchor"]): a for a in summary["averaged"]}

@@ -29,7 +29,7 @@ def _version(value: bool) -> None:
         from .bitstream import BASE_MAJOR, MAJOR, MINOR
         from .weights import PRESETS
 
-        models = ", ".join(f"{k} {v}" for k, v in PRESETS.items())
+        models = ", ".join(f"{k} {' + '.join(v)}" for k, v in PRESETS.items())
         print(f"sarcodec {__version__} (writes .sarc {BASE_MAJOR}.{MINOR}, or {MAJOR}.{MINOR} when a tile needs it; models: {models})")
         raise typer.Exit()
 
@@ -113,9 +113,10 @@ PRESET_HELP = "default (best rate-distortion, torch) or fast (numpy only, severa
 
 
 def _load(weights: Path | None, preset: str = "default"):
-    from .weights import load
+    """``--weights``' model, or else ``--preset``'s (the set encode chooses from, where it ships several)."""
+    from .weights import load, load_preset
 
-    return load(weights, preset)
+    return load(weights) if weights is not None else load_preset(preset)
 
 
 def _expand_inputs(inputs: list[Path], output: Path, suffix: str) -> list[tuple[Path, Path]]:
@@ -291,14 +292,14 @@ def demo(
             with rasterio.open(src) as ds:
                 ref = ds.read()
             t = Table(title=f"sarcodec demo: {src.name} ({ref.shape[2]}x{ref.shape[1]} uint8, Sentinel-1 VH), model {model.name}")
-            for col in ("quality", "bytes", "bpp", "ratio", "PSNR dB", "encode s", "decode s"):
+            for col in ("quality", "model", "bytes", "bpp", "ratio", "PSNR dB", "encode s", "decode s"):
                 t.add_column(col, justify="right")
             for q in qs:
                 e = encode_file(src, out / f"demo-q{q}.sarc", q, force=True, model=model)
                 d = decode_file(out / f"demo-q{q}.sarc", out / f"demo-q{q}.tif", force=True, model=model)
                 with rasterio.open(out / f"demo-q{q}.tif") as ds:
                     rec = ds.read()
-                t.add_row(str(q), f"{e.bytes:,}", f"{e.bpp:.3f}", f"{e.ratio:.1f}", f"{metrics.psnr(ref, rec, 255.0):.2f}",
+                t.add_row(str(q), e.model, f"{e.bytes:,}", f"{e.bpp:.3f}", f"{e.ratio:.1f}", f"{metrics.psnr(ref, rec, 255.0):.2f}",
                           f"{e.seconds:.2f}", f"{d.seconds:.2f}")
                 assert rec.shape == ref.shape and rec.dtype == np.uint8
             Console().print(t)

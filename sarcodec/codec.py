@@ -33,7 +33,8 @@ from .io import InputError
 from .parallel import TileMap, auto_workers
 from .preprocess import DOMAINS, BandMapping, choose_domain, fit_mapping, to_dtype
 from .runtime import CodecModel
-from .weights import bundled_path
+from .choice import ModelSet, choose, sample_windows
+from .weights import bundled_path, load_preset
 from .weights import load as load_weights
 
 SAMPLE_PIXELS = 4_000_000
@@ -155,12 +156,60 @@ def _pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.pad(a, ((0, h - a.shape[0]), (0, w - a.shape[1])), mode="edge")
 
 
+def model_input(raw: np.ndarray, cls: np.ndarray, mapping: BandMapping) -> np.ndarray:
+    """The normalised image the analysis transform sees: pixels that are not valid (nodata, zeros in
+    the log domain) take the mean of the valid ones, so they cost few bits."""
+    valid = cls == CLASS_VALID
+    neutral = mapping.floor if mapping.domain == "log" else mapping.lo
+    u = mapping.forward(np.where(valid, raw, neutral))
+    if not valid.all():
+        u[~valid] = float(u[valid].mean()) if valid.any() else 0.5
+    return u
+
+
+def choose_model(models: ModelSet, source: BandSource, meta: dict, mappings: list[BandMapping], quality: int,
+                 stats: dict | None = None) -> CodecModel:
+    """The member of ``models`` that codes sample windows of ``source`` best (see ``sarcodec.choice``)."""
+    if len(models.models) == 1:
+        return models.models[0]
+    windows = []
+    for b, mapping in enumerate(mappings):
+        for r0, r1, c0, c1 in sample_windows(meta["height"], meta["width"], models.models[0].stride):
+            raw = source.read(b, r0, r1, c0, c1)
+            cls = pixel_classes(raw, meta.get("nodata"), mapping.domain)
+            if (cls == CLASS_VALID).any():
+                windows.append((model_input(raw, cls, mapping), cls == CLASS_VALID))
+    if not windows:
+        return models.models[0]
+    best, costs = choose(models, windows, quality)
+    if stats is not None:
+        stats["choice"] = costs
+    return best
+
+
+def resolve(model: CodecModel | ModelSet | None, header: Header) -> CodecModel:
+    """The model to decode a file with: the shipped one it names (None), that member of a set, or ``model``."""
+    if model is None:
+        return model_for(header)
+    if isinstance(model, ModelSet):
+        m = model.member(header.model_id)
+        if m is None:
+            raise DecodeError(f"file was encoded with model {header.model_name} (id {header.model_id}), which is not "
+                              f"one of {model.name}; pass --weights with that model's file")
+        return m
+    return model
+
+
+def check_settings(model: CodecModel, quality: int, tile: int) -> None:
+    if not 1 <= quality <= model.cfg.qualities:
+        raise InputError(f"quality must be 1..{model.cfg.qualities}, got {quality}")
+    if tile % 64 or not 64 <= tile <= 8192:
+        raise InputError("tile size must be a multiple of 64 in 64..8192")
+
+
 class Encoder:
     def __init__(self, model: CodecModel, quality: int, tile: int) -> None:
-        if not 1 <= quality <= model.cfg.qualities:
-            raise InputError(f"quality must be 1..{model.cfg.qualities}, got {quality}")
-        if tile % 64 or not 64 <= tile <= 8192:
-            raise InputError("tile size must be a multiple of 64 in 64..8192")
+        check_settings(model, quality, tile)
         self.model = model
         self.quality = quality
         self.tile = tile
@@ -176,16 +225,11 @@ class Encoder:
         wc0, wc1 = max(0, c0 - halo), min(wp, k1 * s + halo)
         raw = source.read(band, wr0, min(wr1, grid.height), wc0, min(wc1, grid.width))
         cls = pixel_classes(raw, nodata, mapping.domain)
-        valid = cls == CLASS_VALID
         tile_cls = cls[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0]
         mask = None if not tile_cls.any() else np.ascontiguousarray(tile_cls).tobytes()
         if not (tile_cls == CLASS_VALID).any():
             return bitstream.pack_tile(b"", mask, empty=True), 0.0, 0
-        neutral = mapping.floor if mapping.domain == "log" else mapping.lo
-        u = mapping.forward(np.where(valid, raw, neutral))
-        if not valid.all():
-            u[~valid] = float(u[valid].mean()) if valid.any() else 0.5
-        u = _pad_to(u, wr1 - wr0, wc1 - wc0)
+        u = _pad_to(model_input(raw, cls, mapping), wr1 - wr0, wc1 - wc0)
         y = self.model.analysis(u, self.quality)
         y = y[:, l0 - wr0 // s : l1 - wr0 // s, k0 - wc0 // s : k1 - wc0 // s]
         h, w = y.shape[-2:]
@@ -314,21 +358,25 @@ def _encode_job(state: tuple, band: int, ty: int, tx: int) -> tuple[bytes, float
 
 
 def encode_source(source: BandSource, meta: dict, out, *, quality: int = 4, domain: str = "auto", tile: int = 1024,
-                  model: CodecModel | None = None, progress: Progress | None = None, stats: dict | None = None,
+                  model: CodecModel | ModelSet | None = None, progress: Progress | None = None, stats: dict | None = None,
                   workers: int = 1) -> Header:
     """Encode ``source`` (described by ``meta``: Header fields) into the binary file object ``out``.
 
     ``workers`` > 1 encodes tiles in that many forked processes (see ``sarcodec.parallel``; 0: one
     per core, at most 4; the default model always encodes in this process); the bytes are the
-    same for any number.  ``stats``, if given, receives ``ideal_bits`` and
-    ``latent_bytes`` (entropy-coder overhead check).
+    same for any number.  ``model``: one model, or a set to choose from (default: the default
+    preset's).  ``stats``, if given, receives ``ideal_bits`` and ``latent_bytes`` (entropy-coder
+    overhead check), ``model`` (the one used) and, where there was a choice, each model's ``choice`` cost.
     """
-    model = model or load_weights()
-    enc = Encoder(model, quality, tile)
+    model = model or load_preset()
+    candidates = model if isinstance(model, ModelSet) else ModelSet((model,))
+    check_settings(candidates.models[0], quality, tile)  # before any pixel is read
     dtype = np.dtype(meta["dtype"])
     if dtype.name not in bitstream.DTYPES:
         raise InputError(f"data type {dtype} is not supported (use {', '.join(bitstream.DTYPES)})")
     mappings = [fit_band(source, b, dtype, meta.get("nodata"), domain) for b in range(meta["bands"])]
+    model = choose_model(candidates, source, meta, mappings, quality, stats)
+    enc = Encoder(model, quality, tile)
     header = _header_from(meta, model, quality, tile, mappings)
     grid = Grid(header.height, header.width, tile, model.stride)
     writer = bitstream.Writer(out, header)
@@ -345,7 +393,7 @@ def encode_source(source: BandSource, meta: dict, out, *, quality: int = 4, doma
                 progress(done, len(jobs))
     writer.finish()
     if stats is not None:
-        stats.update(ideal_bits=ideal_bits, latent_bytes=latent_bytes)
+        stats.update(ideal_bits=ideal_bits, latent_bytes=latent_bytes, model=model.name)
     return header
 
 
@@ -399,7 +447,7 @@ def decode_tiles(reader: bitstream.Reader, model: CodecModel, sink: Callable[[in
 
 
 def encode_array(array: np.ndarray, quality: int = 4, *, nodata: float | None = None, domain: str = "auto",
-                 tile: int = 1024, model: CodecModel | None = None, meta: dict | None = None, stats: dict | None = None,
+                 tile: int = 1024, model: CodecModel | ModelSet | None = None, meta: dict | None = None, stats: dict | None = None,
                  workers: int = 1) -> bytes:
     """Compress a (bands, height, width) or (height, width) array to ``.sarc`` bytes (``workers``: tile processes)."""
     import io as _io
@@ -418,7 +466,7 @@ def encode_array(array: np.ndarray, quality: int = 4, *, nodata: float | None = 
     return buf.getvalue()
 
 
-def decode_array(data: bytes, *, model: CodecModel | None = None, window: tuple[int, int, int, int] | None = None,
+def decode_array(data: bytes, *, model: CodecModel | ModelSet | None = None, window: tuple[int, int, int, int] | None = None,
                  workers: int = 1) -> tuple[np.ndarray, Header]:
     """Decompress ``.sarc`` bytes to a (bands, height, width) array and its header (``workers``: see ``decode_tiles``)."""
     import io as _io
@@ -432,7 +480,7 @@ def decode_array(data: bytes, *, model: CodecModel | None = None, window: tuple[
     def sink(b: int, r: int, c: int, block: np.ndarray) -> None:
         out[b, r : r + block.shape[0], c : c + block.shape[1]] = block
 
-    decode_tiles(reader, model or model_for(h), sink, window, workers=workers)
+    decode_tiles(reader, resolve(model, h), sink, window, workers=workers)
     return out, h
 
 
@@ -455,28 +503,28 @@ class Report:
     bpp: float
     ratio: float
     seconds: float
+    model: str  # the weights' name (with the default preset, the one the encoder chose)
 
     def line(self, verb: str) -> str:
         return (f"{verb} {self.input} -> {self.output}: {self.width}x{self.height}x{self.bands} {self.dtype}, "
-                f"q{self.quality}, {self.bytes:,} bytes, {self.bpp:.3f} bpp, ratio {self.ratio:.1f}:1, {self.seconds:.2f} s")
+                f"q{self.quality} ({self.model}), {self.bytes:,} bytes, {self.bpp:.3f} bpp, ratio {self.ratio:.1f}:1, {self.seconds:.2f} s")
 
 
 def _report(src: Path, dst: Path, h: Header, nbytes: int, t0: float, npix: int | None = None) -> Report:
     npix = npix or h.width * h.height * h.bands
     raw = npix * np.dtype(h.dtype).itemsize
     return Report(str(src), str(dst), h.width, h.height, h.bands, h.dtype, h.quality, nbytes, 8.0 * nbytes / npix,
-                  raw / max(1, nbytes), time.perf_counter() - t0)
+                  raw / max(1, nbytes), time.perf_counter() - t0, h.model_name)
 
 
 def encode_file(src: str | Path, dst: str | Path, quality: int = 4, *, force: bool = False, domain: str = "auto",
-                tile: int = 1024, model: CodecModel | None = None, progress: Progress | None = None,
+                tile: int = 1024, model: CodecModel | ModelSet | None = None, progress: Progress | None = None,
                 workers: int = 1) -> Report:
     """Compress a raster file to a ``.sarc`` file (atomically); ``workers``: tile processes."""
     from .io import atomic_output, gdal_env, open_raster, raster_metadata
 
     t0 = time.perf_counter()
     src, dst = Path(src), Path(dst)
-    model = model or load_weights()
     with gdal_env(), open_raster(src) as ds:
         meta = raster_metadata(ds)
         with atomic_output(dst, force, src) as tmp, open(tmp, "w+b") as f:
@@ -499,7 +547,7 @@ def open_sarc(src: Path):
 
 
 def decode_file(src: str | Path, dst: str | Path, *, force: bool = False, window: tuple[int, int, int, int] | None = None,
-                model: CodecModel | None = None, progress: Progress | None = None, compress: str = "none",
+                model: CodecModel | ModelSet | None = None, progress: Progress | None = None, compress: str = "none",
                 workers: int = 1) -> Report:
     """Decompress a ``.sarc`` file to a GeoTIFF (atomically); ``window`` = (col, row, width, height).
 
@@ -517,7 +565,7 @@ def decode_file(src: str | Path, dst: str | Path, *, force: bool = False, window
             check_window(window, h)
         col, row, w, hh = window if window else (0, 0, h.width, h.height)
         meta = window_metadata(vars(h), col, row) if window else vars(h)
-        model = model or model_for(h)
+        model = resolve(model, h)
         with atomic_output(dst, force, src) as tmp, create_geotiff(tmp, meta, w, hh, compress) as ds:
             decode_tiles(reader, model, lambda b, r, c, blk: write_window(ds, b, r, c, blk), window, progress, workers)
     return _report(src, dst, h, src.stat().st_size, t0, w * hh * h.bands)
@@ -539,7 +587,7 @@ def info(src: str | Path) -> dict:
     }
 
 
-def decode_latents(data: bytes, *, model: CodecModel | None = None) -> list[np.ndarray]:
+def decode_latents(data: bytes, *, model: CodecModel | ModelSet | None = None) -> list[np.ndarray]:
     """Entropy-decoded latents (y_hat, scaled domain) of every tile: what must be bit-identical everywhere.
 
     y_hat = symbol + integer mean / 256 (+ the model's reconstruction offset, a float32 table entry), so
@@ -548,6 +596,6 @@ def decode_latents(data: bytes, *, model: CodecModel | None = None) -> list[np.n
     import io as _io
 
     reader = bitstream.Reader(_io.BytesIO(data), len(data))
-    dec = Decoder(model or model_for(reader.header), reader.header, reader)
+    dec = Decoder(resolve(model, reader.header), reader.header, reader)
     h, g = reader.header, dec.grid
     return [dec._latent(b, ty, tx)[0] for b in range(h.bands) for ty in range(g.tiles_y) for tx in range(g.tiles_x)]

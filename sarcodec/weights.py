@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .choice import ModelSet
 from .config import ModelConfig
 from .entropy import NUM_SCALES, RECON_MAX, EntropyCoder, IntHyperSynthesis, output_gains
 from .runtime import CodecModel, LotModel, TorchModel
@@ -32,7 +33,9 @@ if TYPE_CHECKING:
 
 FORMAT = "sarcodec-weights"
 DEFAULT_MODEL = "sarcodec-hp7.pt"
-PRESETS = {"default": DEFAULT_MODEL, "fast": "sarcodec-fast5.npz"}
+# each preset's models: the encoder chooses among them per file (sarcodec.choice); the first is the
+# general one, what ``load(preset=...)`` returns
+PRESETS = {"default": (DEFAULT_MODEL, "sarcodec-hp7s1.pt"), "fast": ("sarcodec-fast5.npz",)}
 FLOAT_PARTS = ("g_a", "g_s", "h_a", "gains", "recon")
 VERSION = 2  # 1: up to hp5 / fast4; 2: adds the reconstruction offsets (older readers would ignore them)
 SUFFIXES = (".pt", ".npz")
@@ -180,10 +183,22 @@ def bundled_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "weights"
 
 
-def default_weights_path(preset: str = "default") -> Path:
+def preset_paths(preset: str = "default") -> list[Path]:
+    """The shipped weights files of ``preset``, its general model first."""
     if preset not in PRESETS:
         raise WeightsError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    return bundled_dir() / PRESETS[preset]
+    return [bundled_dir() / name for name in PRESETS[preset]]
+
+
+def default_weights_path(preset: str = "default") -> Path:
+    """The general model of ``preset``."""
+    return preset_paths(preset)[0]
+
+
+def load_preset(preset: str = "default") -> CodecModel | ModelSet:
+    """What ``encode`` uses by default: the preset's model, or the set it chooses from per file."""
+    models = tuple(load(p) for p in preset_paths(preset))
+    return models[0] if len(models) == 1 else ModelSet(models)
 
 
 def bundled_path(name: str) -> Path | None:

@@ -38,6 +38,7 @@ def test_encode_json_and_info(encoded, s1_file):
     assert r.returncode == 0
     info = json.loads(r.stdout)
     assert info["tiles"] == 1 and info["quality"] == 3 and "3395" in info["crs"]
+    assert rep["model"] == info["model"] == "sarcodec-hp7s1"  # the default preset's choice for a Sentinel-1 scene
     r = run_cli("info", out)
     assert r.returncode == 0 and "model_id" in r.stdout
 

@@ -1,0 +1,62 @@
+"""The default preset's per-file model choice: where it samples, what it picks on real data, and that
+files made with either model decode by themselves."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+
+import sarcodec
+from sarcodec.choice import WINDOW, ModelSet, sample_windows
+from sarcodec.codec import DecodeError
+from sarcodec.weights import PRESETS, load_preset
+
+from .conftest import EVAL, need
+
+
+@pytest.fixture(scope="module")
+def default_set() -> ModelSet:
+    s = load_preset("default")
+    assert isinstance(s, ModelSet) and [m.name + ".pt" for m in s.models] == list(PRESETS["default"])
+    return s
+
+
+@pytest.mark.parametrize("h,w", [(53, 77), (256, 256), (300, 400), (1024, 1024), (100, 5000), (25000, 16000)])
+def test_sample_windows_inside_and_aligned(h, w):
+    wins = sample_windows(h, w, 16)
+    assert 1 <= len(wins) <= 4 and len(set(wins)) == len(wins)
+    if h * w <= 2 * WINDOW * WINDOW:
+        assert wins == [(0, h, 0, w)]  # small images are coded whole
+        return
+    for r0, r1, c0, c1 in wins:
+        assert 0 <= r0 < r1 <= h and 0 <= c0 < c1 <= w
+        assert r1 - r0 == min(h, WINDOW) and c1 - c0 == min(w, WINDOW)
+        assert (r0 % 16 == 0 or r1 == h) and (c0 % 16 == 0 or c1 == w)
+    assert len(wins) == min(4, max(1, round(h * w / 16 / WINDOW**2)))
+
+def test_sentinel1_and_mstar_pick_their_models(default_set):
+    """The Sentinel-1 specialist codes eval Sentinel-1 better and the general model MSTAR: the choice
+    finds that, the header names the model, and decode needs no hint."""
+    s1 = rasterio.open(need(EVAL / "s1-vh-8bit" / "s1a-iw-grdh-vh-20201204-220.tif")).read()[:, :512, :512]
+    mstar = rasterio.open(need(EVAL / "mstar-xband-8bit" / "mstar-000851.jpg")).read()
+    for img, want in ((s1, "sarcodec-hp7s1"), (mstar, "sarcodec-hp7")):
+        stats: dict = {}
+        data = sarcodec.encode_array(img, 3, model=default_set, stats=stats)
+        assert stats["model"] == want and min(stats["choice"], key=stats["choice"].get) == want, stats
+        again = sarcodec.encode_array(img, 3, model=default_set)
+        assert again == data  # the choice is deterministic
+        rec, h = sarcodec.decode_array(data)
+        assert h.model_name == want and rec.shape == img.shape
+        alone = sarcodec.encode_array(img, 3, model=next(m for m in default_set.models if m.name == want))
+        assert alone == data  # the chosen model's own file, byte for byte
+
+
+def test_set_rules(default_set, tmp_path):
+    hp7, hp7s1 = default_set.models
+    with pytest.raises(ValueError, match="quality ladder"):
+        ModelSet((hp7, sarcodec.load_model(preset="fast")))
+    img = np.random.default_rng(0).integers(0, 255, (1, 64, 64), dtype=np.uint8)
+    data = sarcodec.encode_array(img, 2, model=hp7s1)
+    assert sarcodec.decode_array(data, model=default_set)[1].model_name == "sarcodec-hp7s1"
+    with pytest.raises(DecodeError, match="sarcodec-hp7s1"):
+        sarcodec.decode_array(data, model=ModelSet((hp7,)))
