@@ -2,8 +2,8 @@
 
 Training samples go through the same preprocessing as ``encode`` (``sarcodec.preprocess``):
 
-* half of the crops are coded as the 8-bit product they are (``identity`` domain, v/255);
-* the other half are turned into full-dynamic-range intensities -- ``(v/255)^2``, re-speckled
+* half of the crops (``1 - full_range``) are coded as the 8-bit product they are (``identity`` domain, v/255);
+* the other half (``full_range``) are turned into full-dynamic-range intensities -- ``(v/255)^2``, re-speckled
   with Gamma(L, 1/L) speckle (L = 1..5 looks, or none), in 30 % of the crops averaged spatially
   (a Gaussian multilook, sigma 0.6-2.5 px: weak-speckle products such as multi-temporal averages,
   whose neighbouring pixels differ by ~0.2-0.3 dB where the 8-bit sources differ by ~0.9 dB),
@@ -85,6 +85,7 @@ class TrainConfig:
     balance: bool = False  # weight each quality's loss by 1 / its running mean (see module docstring)
     sample_by: str = "file"  # how crops pick their raster: see sampling_weights
     partial: float = 0.25  # share of crops with a partial last block row / column (see module docstring)
+    full_range: float = 0.5  # share of crops made full-range intensities (see module docstring)
     model: dict = field(default_factory=dict)  # architecture: ModelConfig.to_dict() (empty: the default model)
 
 
@@ -138,8 +139,9 @@ def load_band(path: Path) -> np.ndarray:
         return ds.read(1)
 
 
-def random_sample(img: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
-    """One normalised training crop (see module docstring)."""
+def random_sample(img: np.ndarray, crop: int, rng: np.random.Generator, full_range: float = 0.5) -> np.ndarray:
+    """One normalised training crop (see module docstring); ``full_range``: the chance that it is made
+    a full-range intensity crop instead of coded as the 8-bit product."""
     h, w = img.shape
     if h < crop or w < crop:
         img = np.pad(img, ((0, max(0, crop - h)), (0, max(0, crop - w))), mode="reflect")
@@ -151,7 +153,7 @@ def random_sample(img: np.ndarray, crop: int, rng: np.random.Generator) -> np.nd
     v = np.rot90(v, k)
     if rng.random() < 0.5:
         v = v[:, ::-1]
-    if rng.random() < 0.5:
+    if rng.random() < 1.0 - full_range:  # 0.5 (the default) draws as every recipe before the option did
         return np.ascontiguousarray(v / 255.0, dtype=np.float32)
     return synthetic_full_range(v, rng)
 
@@ -197,11 +199,11 @@ def synthetic_full_range(v8: np.ndarray, rng: np.random.Generator, multilook: fl
 
 
 def draw_batch(images: list[np.ndarray], pick: np.ndarray | None, batch: int, crop: int, partial: float, block: int,
-               qualities: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               qualities: int, rng: np.random.Generator, full_range: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One training batch: crops (B, 1, crop, crop) float32, masks of their real pixels (same shape)
     and quality indices (B,), drawn from ``rng`` in the order every recipe so far has used."""
     which = rng.integers(0, len(images), batch) if pick is None else rng.choice(len(images), batch, p=pick)
-    crops = [random_sample(images[i], crop, rng) for i in which]
+    crops = [random_sample(images[i], crop, rng, full_range) for i in which]
     masks = [np.ones_like(c) for c in crops]
     for j in np.flatnonzero(rng.random(batch) < partial):
         crops[j], masks[j] = partial_block(crops[j], block, rng)
@@ -485,7 +487,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     def score(v: dict) -> float:
         return v["balanced"] if cfg.balance else v["loss"]
 
-    draw = functools.partial(draw_batch, images, pick, cfg.batch, cfg.crop, cfg.partial, model.cfg.stride, model.cfg.qualities)
+    draw = functools.partial(draw_batch, images, pick, cfg.batch, cfg.crop, cfg.partial, model.cfg.stride, model.cfg.qualities,
+                             full_range=cfg.full_range)
     batches = BatchLoader(draw, rng, loader_workers(cfg.workers, device), key=[cfg.seed, step])
     try:
         model.train()

@@ -370,3 +370,23 @@ def test_training_with_loader_workers(tmp_path):
                       model={"latent": 16, "hyper": 8, "hyper_hidden": 8, "c4": 8, "c8": 8, "c16": 16})
     summary = train(cfg, log=lambda m: None)
     assert summary["steps"] == 3 and summary["skipped"] == 0 and load(out).cfg.latent == 16
+
+
+def test_full_range_share_of_the_crops():
+    """--full-range 0 codes every crop as the 8-bit product, 1 none; the default draws as before the
+    option (8-bit when the first uniform draw after the flips is below 0.5)."""
+    img = np.random.default_rng(3).integers(1, 256, (200, 200)).astype(np.uint8)
+
+    def is_8bit(c: np.ndarray) -> bool:
+        return np.allclose(c * 255.0, np.round(c * 255.0), atol=1e-3)
+
+    for share, want in ((0.0, True), (1.0, False)):
+        rng = np.random.default_rng(5)
+        assert all(is_8bit(train_mod.random_sample(img, 64, rng, share)) == want for _ in range(20))
+    got = [is_8bit(train_mod.random_sample(img, 64, np.random.default_rng(s))) for s in range(40)]
+    old = []
+    for s in range(40):
+        rng = np.random.default_rng(s)
+        rng.integers(0, 200 - 64 + 1), rng.integers(0, 200 - 64 + 1), rng.integers(0, 4), rng.random()
+        old.append(bool(rng.random() < 0.5))
+    assert got == old and 0 < sum(got) < 40
