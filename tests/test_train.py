@@ -24,9 +24,9 @@ def test_tiny_training_run_exports_and_resumes(tmp_path, monkeypatch):
     real = train_mod.random_sample
     calls = {"n": 0}
 
-    def poisoned(img, crop, rng):
+    def poisoned(img, crop, rng, *rest):
         calls["n"] += 1
-        x = real(img, crop, rng)
+        x = real(img, crop, rng, *rest)
         return np.full_like(x, np.nan) if calls["n"] == 3 else x
 
     monkeypatch.setattr(train_mod, "random_sample", poisoned)
@@ -215,7 +215,7 @@ def test_training_draws_crops_by_source(tmp_path, monkeypatch):
         (many / f.name).symlink_to(f)
     drawn = []
     real = train_mod.random_sample
-    monkeypatch.setattr(train_mod, "random_sample", lambda img, crop, rng: drawn.append(img.shape) or real(img, crop, rng))
+    monkeypatch.setattr(train_mod, "random_sample", lambda img, crop, rng, *rest: drawn.append(img.shape) or real(img, crop, rng, *rest))
     monkeypatch.setattr(train_mod, "load_band", lambda p: np.full((256 + len(p.parent.name), 256), 100, np.uint8))
     cfg = TrainConfig(data=[str(few), str(many)], val=[str(few / a[0].name)], out=str(tmp_path / "t.pt"), steps=30, batch=4,
                       crop=64, val_every=1000, checkpoint_every=1000, threads=1, partial=0.0, sample_by="source",
