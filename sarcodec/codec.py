@@ -29,11 +29,11 @@ import numpy as np
 
 from . import __version__, bitstream
 from .bitstream import FormatError, Header
+from .choice import ModelSet, choose, sample_windows
 from .io import InputError
 from .parallel import TileMap, auto_workers
 from .preprocess import DOMAINS, BandMapping, choose_domain, fit_mapping, to_dtype
 from .runtime import CodecModel
-from .choice import ModelSet, choose, sample_windows
 from .weights import bundled_path, load_preset
 from .weights import load as load_weights
 
