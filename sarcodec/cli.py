@@ -299,7 +299,7 @@ def demo(
                 d = decode_file(out / f"demo-q{q}.sarc", out / f"demo-q{q}.tif", force=True, model=model)
                 with rasterio.open(out / f"demo-q{q}.tif") as ds:
                     rec = ds.read()
-                t.add_row(str(q), e.model, f"{e.bytes:,}", f"{e.bpp:.3f}", f"{e.ratio:.1f}", f"{metrics.psnr(ref, rec, 255.0):.2f}",
+                t.add_row(str(q), e.model.removeprefix("sarcodec-"), f"{e.bytes:,}", f"{e.bpp:.3f}", f"{e.ratio:.1f}", f"{metrics.psnr(ref, rec, 255.0):.2f}",
                           f"{e.seconds:.2f}", f"{d.seconds:.2f}")
                 assert rec.shape == ref.shape and rec.dtype == np.uint8
             Console().print(t)
