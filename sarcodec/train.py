@@ -53,7 +53,7 @@ import torch
 
 from . import metrics
 from .model import ModelConfig, SarCodecModel
-from .parallel import sigint_blocked, usable_cores
+from .parallel import fork_available, sigint_blocked, usable_cores
 from .preprocess import fit_mapping
 
 RASTER_SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg"}
@@ -257,7 +257,7 @@ class BatchLoader:
         self.ready: list = []
         if not workers:
             return
-        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        ctx = multiprocessing.get_context("fork" if fork_available() else "spawn")
         self.like = draw(np.random.default_rng(0))  # sizes the slots; not a training batch
         nbytes = sum(a.nbytes for a in self.like)
         self.slots = [[ctx.RawArray("B", nbytes) for _ in range(slots)] for _ in range(workers)]
