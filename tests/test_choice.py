@@ -34,6 +34,7 @@ def test_sample_windows_inside_and_aligned(h, w):
         assert (r0 % 16 == 0 or r1 == h) and (c0 % 16 == 0 or c1 == w)
     assert len(wins) == min(4, max(1, round(h * w / 16 / WINDOW**2)))
 
+
 def test_sentinel1_and_mstar_pick_their_models(default_set):
     """The Sentinel-1 specialist codes eval Sentinel-1 better and the general model MSTAR: the choice
     finds that, the header names the model, and decode needs no hint."""
@@ -51,7 +52,7 @@ def test_sentinel1_and_mstar_pick_their_models(default_set):
         assert alone == data  # the chosen model's own file, byte for byte
 
 
-def test_set_rules(default_set, tmp_path):
+def test_set_rules(default_set):
     hp7, hp7s1 = default_set.models
     with pytest.raises(ValueError, match="quality ladder"):
         ModelSet((hp7, sarcodec.load_model(preset="fast")))
