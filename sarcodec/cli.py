@@ -26,11 +26,11 @@ RASTER_SUFFIXES = (".tif", ".tiff", ".img", ".vrt", ".png", ".jpg", ".jpeg", ".j
 def _version(value: bool) -> None:
     if value:
         from . import __version__
-        from .bitstream import BASE_MAJOR, MAJOR, MINOR
+        from .bitstream import MAJOR, MINOR
         from .weights import PRESETS
 
         models = ", ".join(f"{k} {' + '.join(v)}" for k, v in PRESETS.items())
-        print(f"sarcodec {__version__} (writes .sarc {BASE_MAJOR}.{MINOR}, or {MAJOR}.{MINOR} when a tile needs it; models: {models})")
+        print(f"sarcodec {__version__} (writes .sarc {MAJOR}.{MINOR}; models: {models})")
         raise typer.Exit()
 
 

@@ -117,7 +117,7 @@ def test_corrupt_and_truncated_sarc(encoded, tmp_path):
     trunc = tmp_path / "trunc.sarc"
     trunc.write_bytes(data[: len(data) - 100])
     r = run_cli("decode", trunc, tmp_path / "o.tif")
-    assert_clean_failure(r, 2, "outside the file")
+    assert_clean_failure(r, 2, "truncated file")
     assert not (tmp_path / "o.tif").exists()
     r = run_cli("info", tmp_path / "absent.sarc")
     assert_clean_failure(r, 2, "no such file")
@@ -200,7 +200,7 @@ def test_version():
 
     r = run_cli("--version")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith(f"sarcodec {sarcodec.__version__} (writes .sarc 2.") and DEFAULT_MODEL in r.stdout
+    assert r.stdout.startswith(f"sarcodec {sarcodec.__version__} (writes .sarc 4.0;") and DEFAULT_MODEL in r.stdout
 
 
 def test_bench_default_codecs_and_unknown_codec(tmp_path):

@@ -19,6 +19,7 @@ from sarcodec.entropy import Z_RADIUS, IntHyperSynthesis, build_y_tables, quanti
 from sarcodec.model import A_FRAC_BITS, ModelConfig, SarCodecModel
 
 from .conftest import EVAL, need
+from .test_fuzz import layout, with_header
 
 
 def small_file(model, s1_array) -> bytes:
@@ -113,11 +114,12 @@ def test_encode_is_deterministic(model, s1_array):
     assert small_file(model, s1_array) == small_file(model, s1_array)
 
 
-@pytest.mark.parametrize("where", ["magic", "version", "header_crc", "table_crc", "tile_crc"])
+@pytest.mark.parametrize("where", ["magic", "version", "header", "count", "table", "table_crc", "tile"])
 def test_reader_rejects_damage(model, s1_array, where):
     data = bytearray(small_file(model, s1_array))
-    (hlen,) = struct.unpack_from("<I", data, 8)
-    pos = {"magic": 0, "version": 4, "header_crc": 20, "table_crc": 16 + hlen + 6, "tile_crc": len(data) - 3}[where]
+    lay = layout(bytes(data))
+    pos = {"magic": 0, "version": 4, "header": lay["hstart"] + 5, "count": lay["tstart"] - 1, "table": lay["tstart"] + 9,
+           "table_crc": lay["data_start"] - 2, "tile": len(data) - 3}[where]
     data[pos] ^= 0xFF
     with pytest.raises(FormatError):
         sarcodec.decode_array(bytes(data), model=model)
@@ -125,21 +127,19 @@ def test_reader_rejects_damage(model, s1_array, where):
 
 def test_reader_rejects_truncation_at_every_boundary(model, s1_array):
     data = small_file(model, s1_array)
-    (hlen,) = struct.unpack_from("<I", data, 8)
-    n = struct.unpack_from("<I", data, 16 + hlen)[0]
-    cuts = [0, 3, 4, 12, 16, 16 + hlen - 1, 16 + hlen, 16 + hlen + 4, 16 + hlen + 4 + 16 * n, 16 + hlen + 8 + 16 * n, len(data) - 1]
+    lay = layout(data)
+    cuts = [0, 3, 4, 6, lay["hstart"], lay["hstart"] + lay["hlen"] - 1, lay["tstart"], lay["tstart"] + 8,
+            lay["data_start"] - 4, lay["data_start"], len(data) - 1]
     for cut in cuts:
-        with pytest.raises(FormatError):
+        with pytest.raises(FormatError, match="truncated|out of range"):
             sarcodec.decode_array(data[:cut], model=model)
+    with pytest.raises(FormatError, match="1 bytes after the last tile"):
+        sarcodec.decode_array(data + b"\0", model=model)
 
 
 def test_header_with_forged_checksum_is_validated(model, s1_array):
     data = small_file(model, s1_array)
-    (hlen,) = struct.unpack_from("<I", data, 8)
-    h = Header.from_bytes(data[16 : 16 + hlen])
-    h.width = 10**9  # declared size out of range, with a valid checksum
-    hj = h.to_bytes()
-    forged = bitstream.prelude(hj) + data[16 + hlen :]
+    forged = with_header(data, lambda h: h.update(width=10**9))  # declared size out of range, with a valid checksum
     with pytest.raises(FormatError, match="width"):
         sarcodec.decode_array(forged, model=model)
 
@@ -155,21 +155,24 @@ def test_tile_payload_mask_bomb_rejected():
         bitstream.unpack_tile(bad, 100)
 
 
-def test_header_dictionary_is_frozen():
-    # Format-2 headers are deflated against HEADER_DICT: any edit to it breaks every file written.
+def test_header_dictionaries_are_frozen():
+    # Headers are deflated against these dictionaries: any edit to one breaks every file written with it.
     assert zlib.crc32(bitstream.HEADER_DICT) == 0xCCD68C49 and len(bitstream.HEADER_DICT) == 1285
+    assert bitstream.HEADER_DICT_4.startswith(bitstream.HEADER_DICT)
+    assert zlib.crc32(bitstream.HEADER_DICT_4) == 0x2F512235 and len(bitstream.HEADER_DICT_4) == 1633
 
 
 def test_format_1_1_file_still_decodes(tmp_path):
     # Written by sarcodec before format 2 (hp3, q3) from a real OpenSARShip chip (2 bands, uint16).
-    # Format 2 changed only how the header is stored, format 3 only trims final range-coder words:
+    # Format 2 changed only how the header is stored, format 3 only trims final range-coder words,
+    # format 4 only the layout around the payloads:
     # re-encoding the same chip must give the same symbols, so the old file decodes to exactly what
     # a new file decodes to.
     old = Path(__file__).parent / "data" / "format-1.1-opensarship-q3.sarc"
     src = need(EVAL / "float" / "opensarship-grd-dn-cargo_x11505_y10248.tif")
     new = tmp_path / "new.sarc"
     sarcodec.encode_file(src, new, quality=3, model=sarcodec.load_model(bundled_path("sarcodec-hp3")))
-    assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "3.0"
+    assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "4.0"
     old_b, new_b = old.read_bytes(), new.read_bytes()
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
@@ -188,9 +191,50 @@ def test_format_1_1_file_still_decodes(tmp_path):
 
 def test_unknown_major_version_is_named(model, s1_array):
     data = bytearray(small_file(model, s1_array))
-    data[4] = 4
-    with pytest.raises(FormatError, match=r"version 4\.0 .*reads 1\.x and 2\.x and 3\.x"):
+    data[4] = 5
+    with pytest.raises(FormatError, match=r"version 5\.0 .*reads 1\.x and 2\.x and 3\.x and 4\.x"):
         sarcodec.decode_array(bytes(data), model=model)
+
+
+@pytest.mark.parametrize("fixture, version", [("format-3.0-opensarship-q3.sarc", (3, 0)), ("format-2.0-s1-q8.sarc", (2, 0))])
+def test_format_2_and_3_files_decode_as_a_new_file_does(fixture, version, tmp_path):
+    # Written by sarcodec before format 4 (hp7): a 2-band OpenSARShip chip at q3 (trimmed tiles, 3.0)
+    # and the top-left 128 x 160 of eval S1 scene -219 at q8 (2.0).  Format 4 changed only the layout
+    # around the payloads and the header's dictionary, so a new file has the same header and payloads.
+    old_b = (Path(__file__).parent / "data" / fixture).read_bytes()
+    hp7 = sarcodec.load_model(bundled_path("sarcodec-hp7"))
+    if version == (3, 0):
+        src = need(EVAL / "float" / "opensarship-grd-dn-cargo_x11505_y10248.tif")
+        sarcodec.encode_file(src, tmp_path / "new.sarc", quality=3, model=hp7)
+        new_b = (tmp_path / "new.sarc").read_bytes()
+    else:
+        import rasterio
+
+        with rasterio.open(need(EVAL / "s1-vh-8bit" / "s1a-iw-grdh-vh-20201204-219.tif")) as ds:
+            new_b = sarcodec.encode_array(ds.read()[:, :128, :160], 8, model=hp7)
+    r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
+    r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
+    assert r_old.version == version and r_new.version == (4, 0)
+    assert r_old.header == r_new.header
+    assert [r_old.payload(i) for i in range(r_old.header.n_tiles)] == [r_new.payload(i) for i in range(r_new.header.n_tiles)]
+    a, _ = sarcodec.decode_array(old_b)
+    b, _ = sarcodec.decode_array(new_b)
+    assert np.array_equal(a, b)
+    assert len(new_b) <= len(old_b) - 30  # 20 bytes of layout, the rest from the newer dictionary
+
+
+def test_damaged_format_3_file_is_rejected():
+    data = (Path(__file__).parent / "data" / "format-3.0-opensarship-q3.sarc").read_bytes()
+    hlen = struct.unpack_from("<I", data, 8)[0]
+    for cut in range(len(data)):
+        with pytest.raises(FormatError):
+            bitstream.Reader(io.BytesIO(data[:cut]), cut).payload(1)
+    for pos in (9, 13, 16 + hlen // 2, 16 + hlen + 2, 16 + hlen + 4 + 32 + 1, len(data) - 1):  # length, CRC, header, count, table CRC, tile
+        bad = bytearray(data)
+        bad[pos] ^= 0x10
+        with pytest.raises(FormatError):
+            r = bitstream.Reader(io.BytesIO(bytes(bad)), len(bad))
+            r.payload(0), r.payload(1)
 
 
 def test_reconstruction_offsets_move_only_coded_nonzero_symbols(model):
@@ -262,19 +306,20 @@ def test_trimmed_final_word_decodes_to_the_same_symbols(model):
     assert sum(sizes) >= 8  # ~1.6 bytes a tile on average
 
 
-def test_small_tiles_make_a_3_0_file_and_large_ones_a_2_0_file(model, s1_array):
+def test_small_tiles_are_trimmed_in_a_format_4_file(model, s1_array):
     chip = sarcodec.encode_array(s1_array[0, :77, :77], 1, model=model)
     r = bitstream.Reader(io.BytesIO(chip), len(chip))
-    assert r.version == (3, 0) and r.payload(0)[0] & bitstream.FLAG_TRIMMED
+    assert r.version == (4, 0) and r.payload(0)[0] & bitstream.FLAG_TRIMMED
     rec, _ = sarcodec.decode_array(chip, model=model)
     assert rec.shape == (1, 77, 77)
     big = sarcodec.encode_array(s1_array[0, :512, :512], 8, model=model, tile=512)  # latent >> TRIM_MAX_BYTES
-    assert bitstream.Reader(io.BytesIO(big), len(big)).version == (2, 0)
+    r = bitstream.Reader(io.BytesIO(big), len(big))
+    assert r.version == (4, 0) and not r.payload(0)[0] & bitstream.FLAG_TRIMMED
 
 
-def test_trimmed_tile_in_a_2_x_file_is_rejected(model, s1_array):
-    chip = bytearray(sarcodec.encode_array(s1_array[0, :77, :77], 1, model=model))
+def test_trimmed_tile_in_a_2_x_file_is_rejected():
+    chip = bytearray((Path(__file__).parent / "data" / "format-3.0-opensarship-q3.sarc").read_bytes())
     assert chip[4] == 3
-    chip[4] = 2
+    chip[4] = 2  # formats 2 and 3 differ only in that flag
     with pytest.raises(FormatError, match="format-3 flag in a 2.x file"):
-        sarcodec.decode_array(bytes(chip), model=model)
+        sarcodec.decode_array(bytes(chip))

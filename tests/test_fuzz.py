@@ -6,6 +6,7 @@ Outcomes are counted and printed (pytest -s shows them).
 from __future__ import annotations
 
 import collections
+import io
 import json
 import struct
 import time
@@ -24,43 +25,53 @@ CLEAN = (FormatError, InputError, DecodeError)
 
 
 def layout(data: bytes) -> dict:
-    (hlen,) = struct.unpack_from("<I", data, 8)
-    tstart = 16 + hlen
-    (n,) = struct.unpack_from("<I", data, tstart)
-    return {"hlen": hlen, "tstart": tstart, "n": n, "data_start": tstart + 8 + 16 * n}
+    """Where format 4's sections start: header, tile count, table, payloads."""
+    hlen, hstart = bitstream.read_varint(data, 6, "header length", bitstream.MAX_HEADER)
+    n, tstart = bitstream.read_varint(data, hstart + hlen, "tile count", len(data))
+    return {"hstart": hstart, "hlen": hlen, "tstart": tstart, "n": n, "data_start": tstart + 8 * n + 4}
+
+
+def entries(data: bytes) -> list[list[int]]:
+    lay = layout(data)
+    return [list(struct.unpack_from("<II", data, lay["tstart"] + 8 * i)) for i in range(lay["n"])]
+
+
+def rebuilt(hj: bytes, table: list[list[int]], payload_bytes: bytes) -> bytes:
+    """A file with this stored header, these (length, crc) records and payloads, and a valid CRC."""
+    head = bitstream.head_bytes(hj, len(table))
+    return head + bitstream.table_bytes(head, [bitstream.TileEntry(0, ln, c) for ln, c in table]) + payload_bytes
 
 
 def with_header(data: bytes, edit) -> bytes:
-    """Rewrite the JSON header (valid CRC) and shift the tile offsets accordingly."""
+    """Rewrite the JSON header (valid CRC)."""
     lay = layout(data)
-    h = json.loads(bitstream.inflate_header(data[16 : 16 + lay["hlen"]]))
+    h = json.loads(bitstream.inflate_header(data[lay["hstart"] : lay["hstart"] + lay["hlen"]]))
     edit(h)
-    hj = bitstream.deflate_header(json.dumps(h).encode())
-    shift = len(hj) - lay["hlen"]
-    entries = [struct.unpack_from("<QII", data, lay["tstart"] + 4 + 16 * i) for i in range(lay["n"])]
-    entries = [bitstream.TileEntry(o + shift, ln, c) for o, ln, c in entries]
-    return bitstream.prelude(hj) + bitstream.table_bytes(entries) + data[lay["data_start"] :]
+    return with_stored_header(data, bitstream.deflate_header(json.dumps(h).encode()))
+
+
+def with_stored_header(data: bytes, hj: bytes) -> bytes:
+    return rebuilt(hj, entries(data), data[layout(data)["data_start"] :])
 
 
 def with_table(data: bytes, edit) -> bytes:
-    """Rewrite tile-table entries (valid table CRC)."""
+    """Rewrite tile-table records [length, crc] (valid CRC)."""
     lay = layout(data)
-    entries = [list(struct.unpack_from("<QII", data, lay["tstart"] + 4 + 16 * i)) for i in range(lay["n"])]
-    edit(entries)
-    table = bitstream.table_bytes([bitstream.TileEntry(*e) for e in entries])
-    return data[: lay["tstart"]] + table + data[lay["data_start"] :]
+    table = entries(data)
+    edit(table)
+    return rebuilt(data[lay["hstart"] : lay["hstart"] + lay["hlen"]], table, data[lay["data_start"] :])
+
+
+def payloads(data: bytes) -> list[bytes]:
+    r = bitstream.Reader(io.BytesIO(data), len(data))
+    return [r.payload(i) for i in range(len(r.entries))]
 
 
 def with_payload(data: bytes, index: int, new: bytes) -> bytes:
     """Replace one tile payload (valid CRC): exercises the decoder behind the checksums."""
-    lay = layout(data)
-    payloads = []
-    for i in range(lay["n"]):
-        o, ln, _ = struct.unpack_from("<QII", data, lay["tstart"] + 4 + 16 * i)
-        payloads.append(data[o : o + ln])
-    payloads[index] = new
-    h = bitstream.Header.from_bytes(data[16 : 16 + lay["hlen"]])
-    return bitstream.pack(h, payloads)
+    ps = payloads(data)
+    ps[index] = new
+    return bitstream.pack(bitstream.Reader(io.BytesIO(data), len(data)).header, ps)
 
 
 HEADER_EDITS = [
@@ -75,27 +86,34 @@ HEADER_EDITS = [
 ]
 
 
+def base_header_json(data: bytes) -> bytes:
+    lay = layout(data)
+    return bitstream.inflate_header(data[lay["hstart"] : lay["hstart"] + lay["hlen"]])
+
+
 def mutations(base: bytes, rng: np.random.Generator, count: int):
     lay = layout(base)
-    bounds = [0, 4, 5, 8, 12, 16, 16 + lay["hlen"], lay["tstart"] + 4, lay["data_start"] - 4, lay["data_start"], len(base)]
+    bounds = [0, 4, 5, 6, lay["hstart"], lay["hstart"] + lay["hlen"], lay["tstart"], lay["data_start"] - 4,
+              lay["data_start"], len(base)]
     for b in bounds:  # truncation at every section boundary (and one byte either side)
         for d in (-1, 0, 1):
             if 0 <= b + d < len(base):
                 yield "truncate", base[: b + d]
-    yield "header", bitstream.prelude(bitstream.deflate_header(b"[1, 2")) + base[16 + lay["hlen"] :]
-    yield "header", bitstream.prelude(b"not deflate at all") + base[16 + lay["hlen"] :]
-    yield "header", bitstream.prelude(bitstream.deflate_header(b" " * (17 * 2**20))) + base[16 + lay["hlen"] :]  # inflation bomb
-    yield "header", bitstream.prelude(zlib.compress(b"{}")) + base[16 + lay["hlen"] :]  # a format-1 header in a format-2 file
+    yield "header", with_stored_header(base, bitstream.deflate_header(b"[1, 2"))
+    yield "header", with_stored_header(base, b"not deflate at all")
+    yield "header", with_stored_header(base, bitstream.deflate_header(b" " * (17 * 2**20)))  # inflation bomb
+    yield "header", with_stored_header(base, zlib.compress(b"{}"))  # a format-1 header in a format-4 file
+    yield "header", with_stored_header(base, bitstream.deflate_header(base_header_json(base), 2))  # format 2's dictionary
     for edit in HEADER_EDITS:
         try:
             yield "header", with_header(base, edit)
         except (TypeError, ValueError):
             pass
     n = lay["n"]
-    yield "table", with_table(base, lambda e: e[0].__setitem__(0, 10**12))
-    yield "table", with_table(base, lambda e: e[0].__setitem__(1, 2**32 - 1))
-    yield "table", with_table(base, lambda e: e[-1].__setitem__(0, e[0][0]))  # overlapping tiles
-    yield "table", with_table(base, lambda e: e[0].__setitem__(0, 0))  # points into the header
+    yield "table", with_table(base, lambda e: e[0].__setitem__(0, 2**32 - 1))
+    yield "table", with_table(base, lambda e: e[0].__setitem__(0, e[0][0] + 1))  # lengths no longer add up
+    yield "table", with_table(base, lambda e: e[-1].__setitem__(0, e[-1][0] - 1))  # a byte after the last tile
+    yield "table", with_table(base, lambda e: e.pop())  # fewer records than tiles
     yield "payload", with_payload(base, 0, b"")
     yield "payload", with_payload(base, 0, b"\x07")
     yield "payload", with_payload(base, n - 1, bytes([2]))
@@ -121,10 +139,8 @@ def mutations(base: bytes, rng: np.random.Generator, count: int):
             flags = bytes([int(rng.integers(0, 4))])
             yield "payload", with_payload(base, t, flags + rng.bytes(int(rng.integers(0, 400))))
         else:  # payload bit flips behind valid checksums
-            lay2 = layout(base)
             t = int(rng.integers(0, n))
-            o, ln, _ = struct.unpack_from("<QII", base, lay2["tstart"] + 4 + 16 * t)
-            p = bytearray(base[o : o + ln])
+            p = bytearray(payloads(base)[t])
             if p:
                 p[int(rng.integers(0, len(p)))] ^= 1 << int(rng.integers(0, 8))
             yield "payload-flip", with_payload(base, t, bytes(p))
