@@ -104,8 +104,9 @@ HEADER_DICT_4 = HEADER_DICT + b"".join([
     b'"model_id":"820c026f3418d9d0","model_name":"sarcodec-hp5"',
     b'"model_id":"cb2c3ab70bf35788","model_name":"sarcodec-hp6"',
     b'"model_id":"99850ef515f0b5ca","model_name":"sarcodec-fast5"',
-    b'"model_id":"98b41c1a6075dcd6","model_name":"sarcodec-hp7"',
     b'"model_id":"a06d44491c279b30","model_name":"sarcodec-hp7s1"',
+    b'"model_id":"98b41c1a6075dcd6","model_name":"sarcodec-hp7"',
+    b'"model_id":"9f7c575ec8063de5","model_name":"sarcodec-hp7s2"',
 ])
 
 
