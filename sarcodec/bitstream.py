@@ -356,13 +356,13 @@ class Reader:
         (n,) = struct.unpack("<I", self._read(tstart, 4, "tile table"))
         if n != n_expected:
             raise FormatError(f"tile table has {n} entries, header implies {n_expected}")
-        if tstart + 8 + 16 * n > self.size:
+        data_start = tstart + 4 + 16 * n + 4  # count, records, CRC
+        if data_start > self.size:
             raise FormatError("truncated file (tile table)")
         body = self._read(tstart, 4 + 16 * n, "tile table")
         (tcrc,) = struct.unpack("<I", self._read(tstart + 4 + 16 * n, 4, "tile table"))
         if zlib.crc32(body) != tcrc:
             raise FormatError("tile table checksum mismatch (file corrupt)")
-        data_start = tstart + 8 + 16 * n
         entries, spans = [], []
         for i in range(n):
             off, length, crc = struct.unpack_from("<QII", body, 4 + 16 * i)

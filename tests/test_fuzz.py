@@ -31,6 +31,11 @@ def layout(data: bytes) -> dict:
     return {"hstart": hstart, "hlen": hlen, "tstart": tstart, "n": n, "data_start": tstart + 8 * n + 4}
 
 
+def header_json(data: bytes) -> bytes:
+    lay = layout(data)
+    return bitstream.inflate_header(data[lay["hstart"] : lay["hstart"] + lay["hlen"]])
+
+
 def entries(data: bytes) -> list[list[int]]:
     lay = layout(data)
     return [list(struct.unpack_from("<II", data, lay["tstart"] + 8 * i)) for i in range(lay["n"])]
@@ -44,8 +49,7 @@ def rebuilt(hj: bytes, table: list[list[int]], payload_bytes: bytes) -> bytes:
 
 def with_header(data: bytes, edit) -> bytes:
     """Rewrite the JSON header (valid CRC)."""
-    lay = layout(data)
-    h = json.loads(bitstream.inflate_header(data[lay["hstart"] : lay["hstart"] + lay["hlen"]]))
+    h = json.loads(header_json(data))
     edit(h)
     return with_stored_header(data, bitstream.deflate_header(json.dumps(h).encode()))
 
@@ -62,16 +66,12 @@ def with_table(data: bytes, edit) -> bytes:
     return rebuilt(data[lay["hstart"] : lay["hstart"] + lay["hlen"]], table, data[lay["data_start"] :])
 
 
-def payloads(data: bytes) -> list[bytes]:
-    r = bitstream.Reader(io.BytesIO(data), len(data))
-    return [r.payload(i) for i in range(len(r.entries))]
-
-
 def with_payload(data: bytes, index: int, new: bytes) -> bytes:
     """Replace one tile payload (valid CRC): exercises the decoder behind the checksums."""
-    ps = payloads(data)
+    r = bitstream.Reader(io.BytesIO(data), len(data))
+    ps = [r.payload(i) for i in range(len(r.entries))]
     ps[index] = new
-    return bitstream.pack(bitstream.Reader(io.BytesIO(data), len(data)).header, ps)
+    return bitstream.pack(r.header, ps)
 
 
 HEADER_EDITS = [
@@ -86,11 +86,6 @@ HEADER_EDITS = [
 ]
 
 
-def base_header_json(data: bytes) -> bytes:
-    lay = layout(data)
-    return bitstream.inflate_header(data[lay["hstart"] : lay["hstart"] + lay["hlen"]])
-
-
 def mutations(base: bytes, rng: np.random.Generator, count: int):
     lay = layout(base)
     bounds = [0, 4, 5, 6, lay["hstart"], lay["hstart"] + lay["hlen"], lay["tstart"], lay["data_start"] - 4,
@@ -103,13 +98,15 @@ def mutations(base: bytes, rng: np.random.Generator, count: int):
     yield "header", with_stored_header(base, b"not deflate at all")
     yield "header", with_stored_header(base, bitstream.deflate_header(b" " * (17 * 2**20)))  # inflation bomb
     yield "header", with_stored_header(base, zlib.compress(b"{}"))  # a format-1 header in a format-4 file
-    yield "header", with_stored_header(base, bitstream.deflate_header(base_header_json(base), 2))  # format 2's dictionary
+    yield "header", with_stored_header(base, bitstream.deflate_header(header_json(base), 2))  # format 2's dictionary
     for edit in HEADER_EDITS:
         try:
             yield "header", with_header(base, edit)
         except (TypeError, ValueError):
             pass
     n = lay["n"]
+    r = bitstream.Reader(io.BytesIO(base), len(base))
+    base_payloads = [r.payload(i) for i in range(n)]
     yield "table", with_table(base, lambda e: e[0].__setitem__(0, 2**32 - 1))
     yield "table", with_table(base, lambda e: e[0].__setitem__(0, e[0][0] + 1))  # lengths no longer add up
     yield "table", with_table(base, lambda e: e[-1].__setitem__(0, e[-1][0] - 1))  # a byte after the last tile
@@ -140,7 +137,7 @@ def mutations(base: bytes, rng: np.random.Generator, count: int):
             yield "payload", with_payload(base, t, flags + rng.bytes(int(rng.integers(0, 400))))
         else:  # payload bit flips behind valid checksums
             t = int(rng.integers(0, n))
-            p = bytearray(payloads(base)[t])
+            p = bytearray(base_payloads[t])
             if p:
                 p[int(rng.integers(0, len(p)))] ^= 1 << int(rng.integers(0, 8))
             yield "payload-flip", with_payload(base, t, bytes(p))
