@@ -6,7 +6,7 @@ group first, in its shortest form)::
     offset      size   field
     0           4      magic  b"SARC"
     4           1      major format version (4); readers refuse majors they do not know
-    5           1      minor format version (0); additive changes only
+    5           1      minor format version (1); additive changes only (4.1: the float64 dtype)
     6           varint L = header length in bytes (at most 16 MiB)
     .           L      header: a UTF-8 JSON object (at most 16 MiB inflated), fields in ``Header``
                        below, as a raw DEFLATE stream (RFC 1951) with the preset dictionary
@@ -21,7 +21,7 @@ group first, in its shortest form)::
 Formats 1-3 (still read; history: 1.0 first release; 1.1 header fields at their default value may
 be left out; 2.0 header deflated with the preset dictionary ``HEADER_DICT``; 3.0 tile flag 4, a
 trimmed final range-coder word; 4.0 this compact layout, 20 bytes less for a one-tile file, and a
-dictionary that knows the newer models, ~16 bytes less) have a fixed 16-byte prelude -- magic, major,
+dictionary that knows the newer models, ~16 bytes less; 4.1 the float64 dtype) have a fixed 16-byte prelude -- magic, major,
 minor, u16 reserved, u32 L, u32 CRC-32 of the header -- then the header (1.x: a zlib stream; 2.x and
 3.x: raw DEFLATE with ``HEADER_DICT``), u32 N, N records of u64 payload offset from the start of
 the file, u32 length and u32 CRC-32, and a CRC-32 of the count and the records; the payloads are
@@ -61,12 +61,12 @@ from dataclasses import asdict, dataclass, field
 
 MAGIC = b"SARC"
 MAJOR = 4  # the version this writes
-MINOR = 0
+MINOR = 1  # 4.1 added the float64 dtype; a 4.0 reader refuses only such files, naming the dtype
 READS = (1, 2, 3, 4)  # majors this reader understands
 MAX_HEADER = 16 * 2**20
 MAX_DIM = 2**24
 MAX_BANDS = 4096
-DTYPES = ("uint8", "uint16", "int16", "float32")
+DTYPES = ("uint8", "uint16", "int16", "float32", "float64")
 FLAG_MASK = 1
 FLAG_EMPTY = 2
 FLAG_TRIMMED = 4

@@ -158,10 +158,12 @@ def _pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def model_input(raw: np.ndarray, cls: np.ndarray, mapping: BandMapping) -> np.ndarray:
     """The normalised image the analysis transform sees: pixels that are not valid (nodata, zeros in
-    the log domain) take the mean of the valid ones, so they cost few bits."""
+    the log domain) take the mean of the valid ones, so they cost few bits.  Values are limited to
+    ``U_CLIP``, the range the decoder can reproduce: an outlier far beyond the band's percentiles (a
+    bad pixel of 1e30 in a dB band) would otherwise flood its whole neighbourhood with large latents."""
     valid = cls == CLASS_VALID
     neutral = mapping.floor if mapping.domain == "log" else mapping.lo
-    u = mapping.forward(np.where(valid, raw, neutral))
+    u = mapping.forward(np.where(valid, raw, neutral), clip=U_CLIP)
     if not valid.all():
         u[~valid] = float(u[valid].mean()) if valid.any() else 0.5
     return u

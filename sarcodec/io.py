@@ -16,7 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
-SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "float32")
+from .bitstream import DTYPES as SUPPORTED_DTYPES
 
 
 class InputError(ValueError):

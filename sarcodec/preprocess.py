@@ -63,12 +63,16 @@ class BandMapping:
         if not all(np.isfinite(vals)) or not self.hi > self.lo or self.factor <= 0:
             raise ValueError("invalid preprocessing parameters")
 
-    def forward(self, v: np.ndarray) -> np.ndarray:
-        """Values -> normalised float32 (masked pixels must be filled by the caller)."""
+    def forward(self, v: np.ndarray, clip: tuple[float, float] | None = None) -> np.ndarray:
+        """Values -> normalised float32 (masked pixels must be filled by the caller), limited to
+        ``clip`` (computed in float64 first, so no finite value overflows float32)."""
         v = v.astype(np.float64, copy=False)
         if self.domain == "log":
             v = self.factor * np.log10(np.maximum(v, self.floor))
-        return ((v - self.lo) / (self.hi - self.lo)).astype(np.float32)
+        u = (v - self.lo) / (self.hi - self.lo)
+        if clip is not None:
+            np.clip(u, *clip, out=u)
+        return u.astype(np.float32)
 
     def inverse(self, u: np.ndarray, dtype: type = np.float64) -> np.ndarray:
         """Normalised -> values (not yet rounded or clipped), computed in ``dtype``: float64, or float32

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 
 from sarcodec.weights import PRESETS
 
@@ -94,6 +95,22 @@ def test_complex_and_unsupported_dtypes(tmp_path):
         ds.write(np.ones((1, 8, 8), dtype=np.int32))
     r = run_cli("encode", p, tmp_path / "o.sarc")
     assert_clean_failure(r, 2, "int32", "not supported")
+
+
+def test_float64_geotiff_keeps_its_dtype(tmp_path):
+    # float64 sigma0 (e.g. written by numpy scripts) is coded like float32 and decodes to float64
+    a = (np.random.default_rng(5).gamma(4.0, 0.0125, (1, 96, 80))).astype(np.float64)
+    p = tmp_path / "f64.tif"
+    with rasterio.open(p, "w", driver="GTiff", width=80, height=96, count=1, dtype="float64", crs="EPSG:32633",
+                       transform=Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4e6)) as ds:
+        ds.write(a)
+    r = run_cli("encode", p, tmp_path / "o.sarc", "-q", "6")
+    assert r.returncode == 0, r.stderr
+    assert run_cli("decode", tmp_path / "o.sarc", tmp_path / "o.tif").returncode == 0
+    with rasterio.open(tmp_path / "o.tif") as ds:
+        assert ds.dtypes == ("float64",) and ds.crs.to_epsg() == 32633 and ds.transform.c == 500000.0
+        b = ds.read()
+    assert np.all(b > 0) and abs(float(np.mean(10 * np.log10(b / a)))) < 0.5
 
 
 def test_inf_input_refused(tmp_path):
@@ -204,7 +221,7 @@ def test_version():
 
     r = run_cli("--version")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith(f"sarcodec {sarcodec.__version__} (writes .sarc 4.0;") and DEFAULT_MODEL in r.stdout
+    assert r.stdout.startswith(f"sarcodec {sarcodec.__version__} (writes .sarc 4.1;") and DEFAULT_MODEL in r.stdout
 
 
 def test_bench_default_codecs_and_unknown_codec(tmp_path):

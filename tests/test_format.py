@@ -172,7 +172,7 @@ def test_format_1_1_file_still_decodes(tmp_path):
     src = need(EVAL / "float" / "opensarship-grd-dn-cargo_x11505_y10248.tif")
     new = tmp_path / "new.sarc"
     sarcodec.encode_file(src, new, quality=3, model=sarcodec.load_model(bundled_path("sarcodec-hp3")))
-    assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "4.0"
+    assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "4.1"
     old_b, new_b = old.read_bytes(), new.read_bytes()
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
@@ -189,10 +189,20 @@ def test_format_1_1_file_still_decodes(tmp_path):
     assert a.dtype == np.uint16 and np.array_equal(a, b)
 
 
+def test_format_4_0_file_still_decodes(model, s1_array, monkeypatch):
+    # 4.1 only added the float64 dtype: a file written as 4.0 is the same file with minor 0
+    new = small_file(model, s1_array)
+    monkeypatch.setattr(bitstream, "MINOR", 0)
+    old = small_file(model, s1_array)
+    assert old[:5] == new[:5] and (old[5], new[5]) == (0, 1) and old[6:] != new[6:]  # the CRC covers the version
+    assert bitstream.Reader(io.BytesIO(old), len(old)).version == (4, 0)
+    assert np.array_equal(sarcodec.decode_array(old, model=model)[0], sarcodec.decode_array(new, model=model)[0])
+
+
 def test_unknown_major_version_is_named(model, s1_array):
     data = bytearray(small_file(model, s1_array))
     data[4] = 5
-    with pytest.raises(FormatError, match=r"version 5\.0 .*reads 1\.x and 2\.x and 3\.x and 4\.x"):
+    with pytest.raises(FormatError, match=r"version 5\.1 .*reads 1\.x and 2\.x and 3\.x and 4\.x"):
         sarcodec.decode_array(bytes(data), model=model)
 
 
@@ -214,7 +224,7 @@ def test_format_2_and_3_files_decode_as_a_new_file_does(fixture, version, tmp_pa
             new_b = sarcodec.encode_array(ds.read()[:, :128, :160], 8, model=hp7)
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
-    assert r_old.version == version and r_new.version == (4, 0)
+    assert r_old.version == version and r_new.version == (4, 1)
     assert r_old.header == r_new.header
     assert [r_old.payload(i) for i in range(r_old.header.n_tiles)] == [r_new.payload(i) for i in range(r_new.header.n_tiles)]
     a, _ = sarcodec.decode_array(old_b)
@@ -309,12 +319,12 @@ def test_trimmed_final_word_decodes_to_the_same_symbols(model):
 def test_small_tiles_are_trimmed_in_a_format_4_file(model, s1_array):
     chip = sarcodec.encode_array(s1_array[0, :77, :77], 1, model=model)
     r = bitstream.Reader(io.BytesIO(chip), len(chip))
-    assert r.version == (4, 0) and r.payload(0)[0] & bitstream.FLAG_TRIMMED
+    assert r.version == (4, 1) and r.payload(0)[0] & bitstream.FLAG_TRIMMED
     rec, _ = sarcodec.decode_array(chip, model=model)
     assert rec.shape == (1, 77, 77)
     big = sarcodec.encode_array(s1_array[0, :512, :512], 8, model=model, tile=512)  # latent >> TRIM_MAX_BYTES
     r = bitstream.Reader(io.BytesIO(big), len(big))
-    assert r.version == (4, 0) and not r.payload(0)[0] & bitstream.FLAG_TRIMMED
+    assert r.version == (4, 1) and not r.payload(0)[0] & bitstream.FLAG_TRIMMED
 
 
 def test_trimmed_tile_in_a_2_x_file_is_rejected():

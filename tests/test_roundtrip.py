@@ -198,6 +198,29 @@ def test_int16_and_domains(model, s1_array):
         sarcodec.encode_array(f, 4, domain="sqrt", model=model)
 
 
+def test_float64_codes_like_float32(model):
+    a = np.random.default_rng(3).gamma(2.0, 0.02, (130, 70))
+    d64, d32 = (sarcodec.encode_array(a.astype(t), 5, model=model) for t in (np.float64, np.float32))
+    b64, h64 = sarcodec.decode_array(d64, model=model)
+    b32, _ = sarcodec.decode_array(d32, model=model)
+    assert h64.dtype == "float64" and b64.dtype == np.float64
+    assert np.array_equal(b64, b32.astype(np.float64))
+
+
+def test_outlier_pixel_stays_local(model):
+    # one bad value far beyond a dB band's range must not flood the tile: the encoder limits the
+    # normalised input to what the decoder can reproduce
+    rng = np.random.default_rng(4)
+    a = (rng.standard_normal((192, 192)) * 3.0 - 15.0).astype(np.float32)
+    clean, _ = sarcodec.decode_array(sarcodec.encode_array(a, 4, model=model), model=model)
+    a[90, 90] = 1e30
+    dirty, h = sarcodec.decode_array(sarcodec.encode_array(a, 4, model=model), model=model)
+    far = np.ones(a.shape, dtype=bool)
+    far[74:107, 74:107] = False
+    assert h.mappings[0]["domain"] == "db"
+    assert np.abs(dirty[0] - a)[far].mean() < 1.05 * np.abs(clean[0] - a)[far].mean()
+
+
 def test_unsupported_input_arrays(model):
     with pytest.raises(InputError):
         sarcodec.encode_array(np.zeros((4, 4), dtype=np.int32), model=model)
