@@ -162,6 +162,23 @@ def test_header_dictionaries_are_frozen():
     assert zlib.crc32(bitstream.HEADER_DICT_4) == 0x76075116 and len(bitstream.HEADER_DICT_4) == 1692
 
 
+def test_models_after_4_0_are_named_without_their_id(s1_array):
+    # append only: a file names such a model by name alone and the reader takes the id from here
+    assert list(bitstream.MODELS.items())[:1] == [("sarcodec-hp7s3", "8bc0a66834b2485f")]
+    m = sarcodec.load_model(bundled_path("sarcodec-hp7s3"))
+    data = sarcodec.encode_array(s1_array[0, :96, :96], 2, model=m)
+    r = bitstream.Reader(io.BytesIO(data), len(data))
+    stored = bitstream.inflate_header(data[7 : 7 + data[6]])
+    assert b"model_id" not in stored and b'"model_name":"sarcodec-hp7s3"' in stored
+    assert r.header.model_id == m.model_id and r.version == (4, 1)
+    assert sarcodec.decode_array(data)[0].shape == (1, 96, 96)
+    unknown = Header.from_bytes(r.header.to_bytes())
+    unknown.model_name = "sarcodec-hp99"
+    with pytest.raises(FormatError, match="does not know that model"):
+        Header.from_bytes(bitstream.deflate_header(bitstream.inflate_header(unknown.to_bytes()).replace(
+            b'"model_id":"8bc0a66834b2485f",', b"")))
+
+
 def test_format_1_1_file_still_decodes(tmp_path):
     # Written by sarcodec before format 2 (hp3, q3) from a real OpenSARShip chip (2 bands, uint16).
     # Format 2 changed only how the header is stored, format 3 only trims final range-coder words,
