@@ -21,7 +21,8 @@ group first, in its shortest form)::
 Formats 1-3 (still read; history: 1.0 first release; 1.1 header fields at their default value may
 be left out; 2.0 header deflated with the preset dictionary ``HEADER_DICT``; 3.0 tile flag 4, a
 trimmed final range-coder word; 4.0 this compact layout, 20 bytes less for a one-tile file, and a
-dictionary that knows the newer models, ~16 bytes less; 4.1 the float64 dtype, and models shipped after 4.0 named without their id, see ``MODELS``) have a fixed 16-byte prelude -- magic, major,
+dictionary that knows the newer models, ~16 bytes less; 4.1 the float64 dtype, and models shipped
+after 4.0 named without their id, see ``MODELS``) have a fixed 16-byte prelude -- magic, major,
 minor, u16 reserved, u32 L, u32 CRC-32 of the header -- then the header (1.x: a zlib stream; 2.x and
 3.x: raw DEFLATE with ``HEADER_DICT``), u32 N, N records of u64 payload offset from the start of
 the file, u32 length and u32 CRC-32, and a CRC-32 of the count and the records; the payloads are
