@@ -6,7 +6,8 @@ group first, in its shortest form)::
     offset      size   field
     0           4      magic  b"SARC"
     4           1      major format version (4); readers refuse majors they do not know
-    5           1      minor format version (1); additive changes only (4.1: the float64 dtype, models named by ``MODELS``)
+    5           1      minor format version (2); additive changes only (4.1: the float64 dtype, models named by
+                       ``MODELS``; 4.2: tile flag 8, exact pixels)
     6           varint L = header length in bytes (at most 16 MiB)
     .           L      header: a UTF-8 JSON object (at most 16 MiB inflated), fields in ``Header``
                        below, as a raw DEFLATE stream (RFC 1951) with the preset dictionary
@@ -22,7 +23,7 @@ Formats 1-3 (still read; history: 1.0 first release; 1.1 header fields at their 
 be left out; 2.0 header deflated with the preset dictionary ``HEADER_DICT``; 3.0 tile flag 4, a
 trimmed final range-coder word; 4.0 this compact layout, 20 bytes less for a one-tile file, and a
 dictionary that knows the newer models, ~16 bytes less; 4.1 the float64 dtype, and models shipped
-after 4.0 named without their id, see ``MODELS``) have a fixed 16-byte prelude -- magic, major,
+after 4.0 named without their id, see ``MODELS``; 4.2 tile flag 8, exact pixels) have a fixed 16-byte prelude -- magic, major,
 minor, u16 reserved, u32 L, u32 CRC-32 of the header -- then the header (1.x: a zlib stream; 2.x and
 3.x: raw DEFLATE with ``HEADER_DICT``), u32 N, N records of u64 payload offset from the start of
 the file, u32 length and u32 CRC-32, and a CRC-32 of the count and the records; the payloads are
@@ -35,10 +36,18 @@ Tile payload (one band, one tile of ``tile`` x ``tile`` pixels, smaller at the r
 
     0    1   flags: bit 0 = mask present, bit 1 = empty (every pixel masked, no latent),
              bit 2 = trimmed (format 3 and up: the latent's length is not a multiple of 4, its final word
-             keeps only its 1-3 high-order bytes; see ``sarcodec.entropy``)
+             keeps only its 1-3 high-order bytes; see ``sarcodec.entropy``),
+             bit 3 = exact pixels present (format 4.2 and up)
     1    4   (if mask present) M = length of the zlib-compressed mask (u32)
     5    M   (if mask present) zlib stream of uint8 classes, one per pixel of the tile (row-major):
                0 = coded pixel, 1 = nodata / NaN, 2 = exact zero (log domain)
+    .    4   (if exact pixels) E = length of their zlib stream (u32)
+    .    E   (if exact pixels) zlib stream of: varint K (1 <= K <= pixels of the tile), K varints: the
+               row-major index of the first coded pixel stored verbatim, then for each next one the
+               gap to the previous index less 1, then K values in the header's dtype (little-endian).
+               The decoder sets these pixels to these values after the synthesis; the encoder stores
+               every coded pixel whose normalised value lies outside the range the decoder
+               reproduces (bright point targets far above the band's percentiles)
     ...      (unless empty) range-coder words of the latent (u32 little-endian, the last one
              possibly trimmed; see
              ``sarcodec.entropy``); z has shape (hyper channels, ceil(ceil(th/s)/4), ceil(ceil(tw/s)/4)),
@@ -62,7 +71,7 @@ from dataclasses import asdict, dataclass, field
 
 MAGIC = b"SARC"
 MAJOR = 4  # the version this writes
-MINOR = 1  # 4.1 added the float64 dtype and MODELS; a 4.0 reader refuses only files that use them, saying which
+MINOR = 2  # 4.1 added the float64 dtype and MODELS, 4.2 exact pixels; older 4.x readers refuse only files that use them
 READS = (1, 2, 3, 4)  # majors this reader understands
 MAX_HEADER = 16 * 2**20
 MAX_DIM = 2**24
@@ -71,6 +80,7 @@ DTYPES = ("uint8", "uint16", "int16", "float32", "float64")
 FLAG_MASK = 1
 FLAG_EMPTY = 2
 FLAG_TRIMMED = 4
+FLAG_EXACT = 8
 
 # Preset dictionary for the format-2 and format-3 header: strings that headers are made of (field names, common
 # values, the shipped models' names and ids), the likeliest last.  Small files gain most: the header
@@ -406,6 +416,8 @@ class Reader:
             raise FormatError(f"tile {index} checksum mismatch (file corrupt)")
         if b and b[0] & FLAG_TRIMMED and self.version[0] < 3:
             raise FormatError(f"tile {index} uses a format-3 flag in a {self.version[0]}.x file")
+        if b and b[0] & FLAG_EXACT and self.version < (4, 2):
+            raise FormatError(f"tile {index} uses a format-4.2 flag in a {self.version[0]}.{self.version[1]} file")
         return b
 
 
@@ -439,48 +451,99 @@ class Writer:
         return end
 
 
-def pack_tile(latent: bytes, mask: "bytes | None" = None, empty: bool = False) -> bytes:
-    """Tile payload: flags, optional zlib mask of per-pixel classes, latent words (the last one possibly trimmed)."""
-    flags = (FLAG_MASK if mask is not None else 0) | (FLAG_EMPTY if empty else 0) | (FLAG_TRIMMED if len(latent) % 4 else 0)
+@dataclass
+class ExactPixels:
+    """Pixels of one tile stored verbatim: row-major indices into the tile (increasing) and their
+    values, ``len(index)`` items of the header's dtype as little-endian bytes."""
+
+    index: list[int]
+    values: bytes
+
+
+def pack_tile(latent: bytes, mask: "bytes | None" = None, empty: bool = False, exact: ExactPixels | None = None) -> bytes:
+    """Tile payload: flags, optional zlib mask of per-pixel classes, optional exact pixels, latent words
+    (the last one possibly trimmed)."""
+    flags = ((FLAG_MASK if mask is not None else 0) | (FLAG_EMPTY if empty else 0)
+             | (FLAG_TRIMMED if len(latent) % 4 else 0) | (FLAG_EXACT if exact is not None else 0))
     out = [bytes([flags])]
     if mask is not None:
         z = zlib.compress(mask, 9)
+        out += [struct.pack("<I", len(z)), z]
+    if exact is not None:
+        prev, parts = -1, [varint(len(exact.index))]
+        for i in exact.index:
+            parts.append(varint(i - prev - 1))
+            prev = i
+        z = zlib.compress(b"".join(parts) + exact.values, 9)
         out += [struct.pack("<I", len(z)), z]
     if not empty:
         out.append(latent)
     return b"".join(out)
 
 
-def unpack_tile(payload: bytes, npix: int) -> tuple[bytes | None, bool, bytes]:
-    """-> (mask classes as bytes of length npix or None, empty, latent bytes)."""
+def _section(payload: bytes, pos: int, what: str) -> tuple[bytes, int]:
+    """A u32-length-prefixed section of a tile payload: (its bytes, position after it)."""
+    if pos + 4 > len(payload):
+        raise FormatError(f"truncated tile {what}")
+    (n,) = struct.unpack_from("<I", payload, pos)
+    if pos + 4 + n > len(payload):
+        raise FormatError(f"tile {what} length out of range")
+    return payload[pos + 4 : pos + 4 + n], pos + 4 + n
+
+
+def _inflate(z: bytes, limit: int, what: str) -> bytes:
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(z, limit + 1)
+    except zlib.error:
+        raise FormatError(f"tile {what} is corrupt") from None
+    if len(out) > limit or not d.eof:
+        raise FormatError(f"tile {what} has the wrong size")
+    return out
+
+
+def _unpack_exact(z: bytes, npix: int, itemsize: int) -> ExactPixels:
+    raw = _inflate(z, 5 + npix * (5 + itemsize), "exact pixels")
+    k, pos = read_varint(raw, 0, "exact pixel count", npix)
+    index, prev = [], -1
+    for _ in range(k):
+        gap, pos = read_varint(raw, pos, "exact pixel index", npix)
+        prev += gap + 1
+        index.append(prev)
+    if not k or prev >= npix:
+        raise FormatError("tile exact pixels out of range")
+    if len(raw) - pos != k * itemsize:
+        raise FormatError("tile exact pixels have the wrong size")
+    return ExactPixels(index, raw[pos:])
+
+
+def unpack_tile(payload: bytes, npix: int, itemsize: int = 4) -> tuple[bytes | None, bool, bytes, ExactPixels | None]:
+    """-> (mask classes as bytes of length npix or None, empty, latent bytes, exact pixels or None);
+    ``itemsize``: bytes per value of the header's dtype."""
     if not payload:
         raise FormatError("empty tile payload")
     flags = payload[0]
-    if flags & ~(FLAG_MASK | FLAG_EMPTY | FLAG_TRIMMED):
+    if flags & ~(FLAG_MASK | FLAG_EMPTY | FLAG_TRIMMED | FLAG_EXACT):
         raise FormatError("unknown tile flags")
-    pos, mask = 1, None
+    pos, mask, exact = 1, None, None
     if flags & FLAG_MASK:
-        if len(payload) < 5:
-            raise FormatError("truncated tile mask")
-        (mlen,) = struct.unpack_from("<I", payload, 1)
-        if 5 + mlen > len(payload):
-            raise FormatError("tile mask length out of range")
-        d = zlib.decompressobj()
-        try:
-            mask = d.decompress(payload[5 : 5 + mlen], npix + 1)
-        except zlib.error:
-            raise FormatError("tile mask is corrupt") from None
-        if len(mask) != npix or not d.eof:
+        z, pos = _section(payload, pos, "mask")
+        mask = _inflate(z, npix, "mask")
+        if len(mask) != npix:
             raise FormatError("tile mask has the wrong size")
         if max(mask, default=0) > 2:
             raise FormatError("tile mask has unknown classes")
-        pos = 5 + mlen
+    if flags & FLAG_EXACT:
+        z, pos = _section(payload, pos, "exact pixels")
+        exact = _unpack_exact(z, npix, itemsize)
+        if mask is not None and any(mask[i] for i in exact.index):
+            raise FormatError("tile exact pixels lie on masked pixels")
     empty = bool(flags & FLAG_EMPTY)
     latent = payload[pos:]
-    if empty and latent:
-        raise FormatError("empty tile carries latent data")
+    if empty and (latent or exact is not None):
+        raise FormatError("empty tile carries latent data or exact pixels")
     if bool(flags & FLAG_TRIMMED) != bool(len(latent) % 4):
         raise FormatError("latent length does not match the tile flags")
     if empty and (mask is None or 0 in mask):
         raise FormatError("empty tile without a full mask")
-    return mask, empty, latent
+    return mask, empty, latent, exact

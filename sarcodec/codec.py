@@ -16,6 +16,11 @@ Tiling (seam-free, streaming):
 Masking: pixels equal to nodata (or NaN) and, in the log domain, exact zeros are stored losslessly
 in a per-tile class mask and decode to exactly nodata / NaN / 0.  Tiles with no valid pixel carry no
 latent at all.  +-Inf is refused.
+
+Exact pixels: the decoder reproduces normalised values in ``U_CLIP`` only (half the band's
+percentile range beyond either end).  A valid pixel outside it -- a ship or a corner reflector in a
+sea or rural scene, 10-20 dB above the clip -- is stored verbatim in its tile and decodes to exactly
+its value; the model codes it clipped.  Most files have none and pay nothing.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ U_CLIP = (-0.5, 1.5)
 CLASS_VALID, CLASS_NODATA, CLASS_ZERO = 0, 1, 2
 
 Progress = Callable[[int, int], None]
+Latent = tuple[np.ndarray, "bytes | None", "bitstream.ExactPixels | None"]  # a tile's y, class mask, exact pixels
 
 
 class DecodeError(ValueError):
@@ -169,6 +175,17 @@ def model_input(raw: np.ndarray, cls: np.ndarray, mapping: BandMapping) -> np.nd
     return u
 
 
+def exact_pixels(raw: np.ndarray, cls: np.ndarray, mapping: BandMapping) -> bitstream.ExactPixels | None:
+    """The valid pixels of a tile that the decoder's range (``U_CLIP``) cannot reproduce, verbatim."""
+    lo, hi = U_CLIP
+    u = mapping.forward(raw, clip=(lo - 1.0, hi + 1.0))  # float32 of any finite value, and no overflow
+    flat = np.flatnonzero(((u < lo) | (u > hi)) & (cls == CLASS_VALID))
+    if not flat.size:
+        return None
+    values = raw.reshape(-1)[flat]
+    return bitstream.ExactPixels(flat.tolist(), values.astype(values.dtype.newbyteorder("<")).tobytes())
+
+
 def choose_model(models: ModelSet, source: BandSource, meta: dict, mappings: list[BandMapping], quality: int,
                  stats: dict | None = None) -> CodecModel:
     """The member of ``models`` that codes sample windows of ``source`` best (see ``sarcodec.choice``)."""
@@ -217,8 +234,9 @@ class Encoder:
         self.tile = tile
 
     def encode_tile(self, source: BandSource, band: int, grid: Grid, ty: int, tx: int, mapping: BandMapping,
-                    nodata: float | None) -> tuple[bytes, float, int]:
-        """One tile's payload, the information content of its latents (bits) and their coded bytes."""
+                    nodata: float | None) -> tuple[bytes, float, int, int]:
+        """One tile's payload, the information content of its latents (bits), their coded bytes, and
+        the number of pixels stored exactly."""
         r0, r1, c0, c1 = grid.pixels(ty, tx)
         l0, l1, k0, k1 = grid.latents(ty, tx)
         s, halo = grid.stride, self.model.halo_px
@@ -230,7 +248,8 @@ class Encoder:
         tile_cls = cls[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0]
         mask = None if not tile_cls.any() else np.ascontiguousarray(tile_cls).tobytes()
         if not (tile_cls == CLASS_VALID).any():
-            return bitstream.pack_tile(b"", mask, empty=True), 0.0, 0
+            return bitstream.pack_tile(b"", mask, empty=True), 0.0, 0, 0
+        exact = exact_pixels(raw[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0], tile_cls, mapping)
         u = _pad_to(model_input(raw, cls, mapping), wr1 - wr0, wc1 - wc0)
         y = self.model.analysis(u, self.quality)
         y = y[:, l0 - wr0 // s : l1 - wr0 // s, k0 - wc0 // s : k1 - wc0 // s]
@@ -241,7 +260,7 @@ class Encoder:
         z = np.round(self.model.hyper_analysis(np.pad(y, ((0, 0), (0, hz - h), (0, wz - w)), mode="edge")))
         latent, _, bits = self.model.coder.encode(z.astype(np.int64), y, self.model.cfg.first_coded_group(self.quality),
                                                   trim=True)
-        return bitstream.pack_tile(latent, mask), bits, len(latent)
+        return bitstream.pack_tile(latent, mask, exact=exact), bits, len(latent), len(exact.index) if exact else 0
 
 
 class Decoder:
@@ -263,8 +282,8 @@ class Decoder:
             raise FormatError(f"tile size {header.tile} does not fit model {model.name}")
         if header.quality > model.cfg.qualities:
             raise FormatError(f"quality {header.quality} is not offered by model {model.name}")
-        self.cache: dict[tuple[int, int, int], tuple[np.ndarray, bytes | None]] = {}
-        self.latents: Iterator[tuple[np.ndarray, bytes | None]] | None = None  # see decode_tiles
+        self.cache: dict[tuple[int, int, int], Latent] = {}
+        self.latents: Iterator[Latent] | None = None  # see decode_tiles
 
     def latent_job(self, band: int, ty: int, tx: int) -> tuple:
         """Arguments of ``decode_latent`` for one tile (its payload is read here, in this process)."""
@@ -272,7 +291,8 @@ class Decoder:
         r0, r1, c0, c1 = g.pixels(ty, tx)
         l0, l1, k0, k1 = g.latents(ty, tx)
         index = self.h.tile_index(band, ty, tx)
-        return self.reader.payload(index), (r1 - r0) * (c1 - c0), (l1 - l0, k1 - k0), self.h.quality, index
+        return (self.reader.payload(index), (r1 - r0) * (c1 - c0), (l1 - l0, k1 - k0), self.h.quality, index,
+                np.dtype(self.h.dtype).itemsize)
 
     def needed(self, tiles: Iterable[tuple[int, int, int]]) -> Iterator[tuple[int, int, int]]:
         """The tiles whose latents decoding ``tiles`` in this order needs, in the order ``_latent`` asks for them."""
@@ -283,7 +303,7 @@ class Decoder:
                     seen.add((band, ny, nx))
                     yield band, ny, nx
 
-    def _latent(self, band: int, ty: int, tx: int) -> tuple[np.ndarray, bytes | None]:
+    def _latent(self, band: int, ty: int, tx: int) -> Latent:
         key = (band, ty, tx)
         if key not in self.cache:
             if self.latents is not None:  # decoded ahead (possibly by worker processes), in ``needed`` order
@@ -306,13 +326,13 @@ class Decoder:
         wk0, wk1 = max(0, k0 - halo), min(g.lat_w, k1 + halo)
         ywin = np.zeros((self.model.cfg.latent, wl1 - wl0, wk1 - wk0), dtype=np.float32)
         for ny, nx in g.neighbours(ty, tx):  # the order ``needed`` yields them in
-            y, _ = self._latent(band, ny, nx)
+            y = self._latent(band, ny, nx)[0]
             a0, a1, b0, b1 = g.latents(ny, nx)
             i0, i1, j0, j1 = max(a0, wl0), min(a1, wl1), max(b0, wk0), min(b1, wk1)
             if i0 >= i1 or j0 >= j1:
                 continue
             ywin[:, i0 - wl0 : i1 - wl0, j0 - wk0 : j1 - wk0] = y[:, i0 - a0 : i1 - a0, j0 - b0 : j1 - b0]
-        _, mask = self._latent(band, ty, tx)
+        _, mask, exact = self._latent(band, ty, tx)
         r0, r1, c0, c1 = g.pixels(ty, tx)
         dtype = np.dtype(self.h.dtype)
         cls = None if mask is None else np.frombuffer(mask, dtype=np.uint8).reshape(r1 - r0, c1 - c0)
@@ -329,6 +349,8 @@ class Decoder:
         if cls is not None:
             out[cls == CLASS_NODATA] = nod
             out[cls == CLASS_ZERO] = 0
+        if exact is not None:
+            out.reshape(-1)[exact.index] = np.frombuffer(exact.values, dtype=dtype.newbyteorder("<"))
         return out
 
 
@@ -354,7 +376,7 @@ def _header_from(meta: dict, model: CodecModel, quality: int, tile: int, mapping
     return h
 
 
-def _encode_job(state: tuple, band: int, ty: int, tx: int) -> tuple[bytes, float, int]:
+def _encode_job(state: tuple, band: int, ty: int, tx: int) -> tuple[bytes, float, int, int]:
     enc, source, grid, mappings, nodata = state
     return enc.encode_tile(source, band, grid, ty, tx, mappings[band], nodata)
 
@@ -368,7 +390,8 @@ def encode_source(source: BandSource, meta: dict, out, *, quality: int = 4, doma
     per core, at most 4; the default model always encodes in this process); the bytes are the
     same for any number.  ``model``: one model, or a set to choose from (default: the default
     preset's).  ``stats``, if given, receives ``ideal_bits`` and ``latent_bytes`` (entropy-coder
-    overhead check), ``model`` (the one used) and, where there was a choice, each model's ``choice`` cost.
+    overhead check), ``exact_pixels`` (how many were stored verbatim), ``model`` (the one used) and,
+    where there was a choice, each model's ``choice`` cost.
     """
     model = model or load_preset()
     candidates = model if isinstance(model, ModelSet) else ModelSet((model,))
@@ -384,35 +407,37 @@ def encode_source(source: BandSource, meta: dict, out, *, quality: int = 4, doma
     writer = bitstream.Writer(out, header)
     jobs = [(b, ty, tx) for b in range(header.bands) for ty in range(grid.tiles_y) for tx in range(grid.tiles_x)]
     state = (enc, source, grid, mappings, header.nodata)
-    ideal_bits, latent_bytes = 0.0, 0
+    ideal_bits, latent_bytes, n_exact = 0.0, 0, 0
     workers = min(workers or auto_workers(), len(jobs)) if model.fork_safe else 1  # torch's OpenMP pool must not be forked
     with TileMap(state, lambda: (enc, source.reopened(), grid, mappings, header.nodata), workers) as tm:
-        for done, ((b, ty, tx), (payload, bits, nbytes)) in enumerate(zip(jobs, tm.imap(_encode_job, jobs)), 1):
+        for done, ((b, ty, tx), (payload, bits, nbytes, exact)) in enumerate(zip(jobs, tm.imap(_encode_job, jobs)), 1):
             writer.add(header.tile_index(b, ty, tx), payload)
             ideal_bits += bits
             latent_bytes += nbytes
+            n_exact += exact
             if progress:
                 progress(done, len(jobs))
     writer.finish()
     if stats is not None:
-        stats.update(ideal_bits=ideal_bits, latent_bytes=latent_bytes, model=model.name)
+        stats.update(ideal_bits=ideal_bits, latent_bytes=latent_bytes, exact_pixels=n_exact, model=model.name)
     return header
 
 
 def decode_latent(model: CodecModel, payload: bytes, npix: int, y_hw: tuple[int, int], quality: int,
-                  index: int) -> tuple[np.ndarray, bytes | None]:
-    """Entropy-decode one tile: its latent y (M, h, w) and its pixel-class mask (None: all valid)."""
+                  index: int, itemsize: int) -> Latent:
+    """Entropy-decode one tile: its latent y (M, h, w), its pixel-class mask (None: all valid) and
+    its exact pixels (None: none)."""
     try:
-        mask, empty, latent = bitstream.unpack_tile(payload, npix)
+        mask, empty, latent, exact = bitstream.unpack_tile(payload, npix, itemsize)
     except FormatError as e:
         raise FormatError(f"tile {index}: {e}") from None
     h, w = y_hw
     if empty:
-        return np.zeros((model.cfg.latent, h, w), dtype=np.float32), mask
+        return np.zeros((model.cfg.latent, h, w), dtype=np.float32), mask, exact
     try:
         z_shape = (model.cfg.hyper, -(-h // 4), -(-w // 4))
         y = model.coder.decode(latent, z_shape, y_hw, model.cfg.first_coded_group(quality), model.offsets(quality))
-        return y, mask
+        return y, mask, exact
     except (ValueError, RuntimeError) as e:
         raise FormatError(f"tile {index} cannot be entropy-decoded ({e})") from None
 
@@ -506,10 +531,13 @@ class Report:
     ratio: float
     seconds: float
     model: str  # the weights' name (with the default preset, the one the encoder chose)
+    exact_pixels: int = 0  # encode: pixels beyond the range the decoder reproduces, stored verbatim
 
     def line(self, verb: str) -> str:
+        exact = f", {self.exact_pixels:,} pixels beyond the band's range stored exactly" if self.exact_pixels else ""
         return (f"{verb} {self.input} -> {self.output}: {self.width}x{self.height}x{self.bands} {self.dtype}, "
-                f"q{self.quality} ({self.model}), {self.bytes:,} bytes, {self.bpp:.3f} bpp, ratio {self.ratio:.1f}:1, {self.seconds:.2f} s")
+                f"q{self.quality} ({self.model}), {self.bytes:,} bytes, {self.bpp:.3f} bpp, ratio {self.ratio:.1f}:1, "
+                f"{self.seconds:.2f} s{exact}")
 
 
 def _report(src: Path, dst: Path, h: Header, nbytes: int, t0: float, npix: int | None = None) -> Report:
@@ -527,13 +555,16 @@ def encode_file(src: str | Path, dst: str | Path, quality: int = 4, *, force: bo
 
     t0 = time.perf_counter()
     src, dst = Path(src), Path(dst)
+    stats: dict = {}
     with gdal_env(), open_raster(src) as ds:
         meta = raster_metadata(ds)
         with atomic_output(dst, force, src) as tmp, open(tmp, "w+b") as f:
             header = encode_source(RasterSource(ds), meta, f, quality=quality, domain=domain, tile=tile, model=model,
-                                   progress=progress, workers=workers)
+                                   progress=progress, stats=stats, workers=workers)
             f.flush()
-    return _report(src, dst, header, dst.stat().st_size, t0)
+    report = _report(src, dst, header, dst.stat().st_size, t0)
+    report.exact_pixels = stats["exact_pixels"]
+    return report
 
 
 def open_sarc(src: Path):

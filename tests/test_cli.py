@@ -11,7 +11,7 @@ from affine import Affine
 
 from sarcodec.weights import PRESETS
 
-from .conftest import EVAL, need, run_cli, sha
+from .conftest import EVAL, need, run_cli, sea_with_ship, sha
 
 
 def assert_clean_failure(r, code: int, *fragments: str):
@@ -111,6 +111,20 @@ def test_float64_geotiff_keeps_its_dtype(tmp_path):
         assert ds.dtypes == ("float64",) and ds.crs.to_epsg() == 32633 and ds.transform.c == 500000.0
         b = ds.read()
     assert np.all(b > 0) and abs(float(np.mean(10 * np.log10(b / a)))) < 0.5
+
+
+def test_ship_in_a_uint16_sea_scene_keeps_its_peak(tmp_path):
+    # GRD-like amplitude DN: a ship far above the sea's percentiles is stored exactly, and the user is told
+    a, ship = sea_with_ship("uint16")
+    p = tmp_path / "sea.tif"
+    with rasterio.open(p, "w", driver="GTiff", width=a.shape[1], height=a.shape[0], count=1, dtype="uint16",
+                       crs="EPSG:32631", transform=Affine(10.0, 0.0, 400000.0, 0.0, -10.0, 5.7e6)) as ds:
+        ds.write(a[None])
+    r = run_cli("encode", p, tmp_path / "o.sarc", "-q", "1")
+    assert r.returncode == 0 and "6 pixels beyond the band's range stored exactly" in r.stderr, r.stderr
+    assert run_cli("decode", tmp_path / "o.sarc", tmp_path / "o.tif").returncode == 0
+    with rasterio.open(tmp_path / "o.tif") as ds:
+        assert np.array_equal(ds.read(1)[ship], a[ship]) and ds.crs.to_epsg() == 32631
 
 
 def test_inf_input_refused(tmp_path):
@@ -221,7 +235,7 @@ def test_version():
 
     r = run_cli("--version")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith(f"sarcodec {sarcodec.__version__} (writes .sarc 4.1;") and DEFAULT_MODEL in r.stdout
+    assert r.stdout.startswith(f"sarcodec {sarcodec.__version__} (writes .sarc 4.2;") and DEFAULT_MODEL in r.stdout
 
 
 def test_bench_default_codecs_and_unknown_codec(tmp_path):

@@ -18,7 +18,7 @@ from sarcodec.weights import bundled_path
 from sarcodec.entropy import Z_RADIUS, IntHyperSynthesis, build_y_tables, quantize_pmf
 from sarcodec.model import A_FRAC_BITS, ModelConfig, SarCodecModel
 
-from .conftest import EVAL, need
+from .conftest import EVAL, need, sea_with_ship
 from .test_fuzz import header_json, layout, with_header
 
 
@@ -170,7 +170,7 @@ def test_models_after_4_0_are_named_without_their_id(s1_array):
     r = bitstream.Reader(io.BytesIO(data), len(data))
     stored = header_json(data)
     assert b"model_id" not in stored and b'"model_name":"sarcodec-hp7s3"' in stored
-    assert r.header.model_id == m.model_id and r.version == (4, 1)
+    assert r.header.model_id == m.model_id and r.version == (4, 2)
     assert sarcodec.decode_array(data)[0].shape == (1, 96, 96)
     with pytest.raises(FormatError, match="does not know that model"):
         Header.from_bytes(bitstream.deflate_header(stored.replace(b"sarcodec-hp7s3", b"sarcodec-hp99")))
@@ -186,7 +186,7 @@ def test_format_1_1_file_still_decodes(tmp_path):
     src = need(EVAL / "float" / "opensarship-grd-dn-cargo_x11505_y10248.tif")
     new = tmp_path / "new.sarc"
     sarcodec.encode_file(src, new, quality=3, model=sarcodec.load_model(bundled_path("sarcodec-hp3")))
-    assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "4.1"
+    assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "4.2"
     old_b, new_b = old.read_bytes(), new.read_bytes()
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
@@ -204,19 +204,69 @@ def test_format_1_1_file_still_decodes(tmp_path):
 
 
 def test_format_4_0_file_still_decodes(model, s1_array, monkeypatch):
-    # 4.1 only added the float64 dtype and MODELS: a file that uses neither, written as 4.0, is the same file with minor 0
+    # 4.1 only added the float64 dtype and MODELS, 4.2 exact pixels: a file that uses none of them,
+    # written as 4.0, is the same file with minor 0
     new = small_file(model, s1_array)
     monkeypatch.setattr(bitstream, "MINOR", 0)
     old = small_file(model, s1_array)
-    assert old[:5] == new[:5] and (old[5], new[5]) == (0, 1) and old[6:] != new[6:]  # the CRC covers the version
+    assert old[:5] == new[:5] and (old[5], new[5]) == (0, 2) and old[6:] != new[6:]  # the CRC covers the version
     assert bitstream.Reader(io.BytesIO(old), len(old)).version == (4, 0)
     assert np.array_equal(sarcodec.decode_array(old, model=model)[0], sarcodec.decode_array(new, model=model)[0])
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "float32", "float64"])
+def test_bright_point_target_decodes_exactly(model, dtype):
+    a, ship = sea_with_ship(dtype)
+    stats: dict = {}
+    data = sarcodec.encode_array(a, 2, model=model, tile=128, stats=stats)
+    rec = sarcodec.decode_array(data, model=model)[0][0]
+    assert stats["exact_pixels"] == 6 and np.array_equal(rec[ship], a[ship])
+    r = bitstream.Reader(io.BytesIO(data), len(data))
+    flags = [r.payload(i)[0] & bitstream.FLAG_EXACT for i in range(r.header.n_tiles)]
+    assert flags == [0, bitstream.FLAG_EXACT, 0, 0, 0, 0]  # only the tile with the ship (row 0, col 1) pays
+    quiet = a.copy()
+    quiet[ship] = a[50:52, 50:53]
+    stats = {}
+    rec_q = sarcodec.decode_array(sarcodec.encode_array(quiet, 2, model=model, tile=128, stats=stats), model=model)[0][0]
+    assert stats["exact_pixels"] == 0
+    assert rec_q[ship].astype(float).max() < 0.01 * a[ship].astype(float).min()  # what the ship would otherwise be
+
+
+def test_exact_pixels_are_refused_in_an_older_4_x_file(model, monkeypatch):
+    a, _ = sea_with_ship("float32")
+    monkeypatch.setattr(bitstream, "MINOR", 1)
+    data = sarcodec.encode_array(a, 2, model=model, tile=128)
+    with pytest.raises(FormatError, match=r"tile 1 uses a format-4\.2 flag in a 4\.1 file"):
+        sarcodec.decode_array(data, model=model)
+
+
+def test_corrupt_exact_pixels_are_rejected():
+    def tile(blob: bytes, mask: bytes | None = None) -> bytes:
+        z = zlib.compress(blob)
+        head = bytes([bitstream.FLAG_EXACT | (bitstream.FLAG_MASK if mask else 0)])
+        if mask:
+            head += struct.pack("<I", len(zm := zlib.compress(mask))) + zm
+        return head + struct.pack("<I", len(z)) + z + b"\0" * 4
+
+    ok = bitstream.pack_tile(b"\0" * 4, exact=bitstream.ExactPixels([3, 7], struct.pack("<ff", 1e9, 2e9)))
+    assert bitstream.unpack_tile(ok, 10)[3] == bitstream.ExactPixels([3, 7], struct.pack("<ff", 1e9, 2e9))
+    for blob, match in [(bytes([1, 10]) + b"\0" * 4, "out of range"),  # index 10 of a 10-pixel tile
+                        (bytes([2, 3, 6]) + b"\0" * 8, "out of range"),  # 3, then 3 + 6 + 1 = 10
+                        (bytes([0]), "out of range"),  # no pixel
+                        (bytes([2, 3, 3]) + b"\0" * 7, "wrong size"),  # a value byte short
+                        (bytes([11]) + b"\0" * 60, "out of range")]:  # more pixels than the tile has
+        with pytest.raises(FormatError, match=match):
+            bitstream.unpack_tile(tile(blob), 10)
+    with pytest.raises(FormatError, match="masked"):
+        bitstream.unpack_tile(tile(bytes([1, 3]) + b"\0" * 4, mask=bytes([0, 0, 0, 1] + [0] * 6)), 10)
+    with pytest.raises(FormatError, match="corrupt"):
+        bitstream.unpack_tile(bytes([bitstream.FLAG_EXACT]) + struct.pack("<I", 3) + b"abc", 10)
 
 
 def test_unknown_major_version_is_named(model, s1_array):
     data = bytearray(small_file(model, s1_array))
     data[4] = 5
-    with pytest.raises(FormatError, match=r"version 5\.1 .*reads 1\.x and 2\.x and 3\.x and 4\.x"):
+    with pytest.raises(FormatError, match=r"version 5\.2 .*reads 1\.x and 2\.x and 3\.x and 4\.x"):
         sarcodec.decode_array(bytes(data), model=model)
 
 
@@ -238,7 +288,7 @@ def test_format_2_and_3_files_decode_as_a_new_file_does(fixture, version, tmp_pa
             new_b = sarcodec.encode_array(ds.read()[:, :128, :160], 8, model=hp7)
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
-    assert r_old.version == version and r_new.version == (4, 1)
+    assert r_old.version == version and r_new.version == (4, 2)
     assert r_old.header == r_new.header
     assert [r_old.payload(i) for i in range(r_old.header.n_tiles)] == [r_new.payload(i) for i in range(r_new.header.n_tiles)]
     a, _ = sarcodec.decode_array(old_b)
@@ -333,12 +383,12 @@ def test_trimmed_final_word_decodes_to_the_same_symbols(model):
 def test_small_tiles_are_trimmed_in_a_format_4_file(model, s1_array):
     chip = sarcodec.encode_array(s1_array[0, :77, :77], 1, model=model)
     r = bitstream.Reader(io.BytesIO(chip), len(chip))
-    assert r.version == (4, 1) and r.payload(0)[0] & bitstream.FLAG_TRIMMED
+    assert r.version == (4, 2) and r.payload(0)[0] & bitstream.FLAG_TRIMMED
     rec, _ = sarcodec.decode_array(chip, model=model)
     assert rec.shape == (1, 77, 77)
     big = sarcodec.encode_array(s1_array[0, :512, :512], 8, model=model, tile=512)  # latent >> TRIM_MAX_BYTES
     r = bitstream.Reader(io.BytesIO(big), len(big))
-    assert r.version == (4, 1) and not r.payload(0)[0] & bitstream.FLAG_TRIMMED
+    assert r.version == (4, 2) and not r.payload(0)[0] & bitstream.FLAG_TRIMMED
 
 
 def test_trimmed_tile_in_a_2_x_file_is_rejected():
