@@ -350,7 +350,7 @@ class Decoder:
             out[cls == CLASS_NODATA] = nod
             out[cls == CLASS_ZERO] = 0
         if exact is not None:
-            out.reshape(-1)[exact.index] = np.frombuffer(exact.values, dtype=dtype.newbyteorder("<"))
+            out.flat[exact.index] = np.frombuffer(exact.values, dtype=dtype.newbyteorder("<"))
         return out
 
 
