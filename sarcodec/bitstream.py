@@ -126,6 +126,7 @@ HEADER_DICT_4 = HEADER_DICT + b"".join([
 # that a 16-digit id the dictionary has never seen costs.  Append only; tests/test_format.py pins it.
 MODELS = {
     "sarcodec-hp7s3": "8bc0a66834b2485f",
+    "sarcodec-hp7s4": "33165a8f996df7b5",
 }
 
 
