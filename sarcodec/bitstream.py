@@ -23,11 +23,12 @@ Formats 1-3 (still read; history: 1.0 first release; 1.1 header fields at their 
 be left out; 2.0 header deflated with the preset dictionary ``HEADER_DICT``; 3.0 tile flag 4, a
 trimmed final range-coder word; 4.0 this compact layout, 20 bytes less for a one-tile file, and a
 dictionary that knows the newer models, ~16 bytes less; 4.1 the float64 dtype, and models shipped
-after 4.0 named without their id, see ``MODELS``; 4.2 tile flag 8, exact pixels) have a fixed 16-byte prelude -- magic, major,
-minor, u16 reserved, u32 L, u32 CRC-32 of the header -- then the header (1.x: a zlib stream; 2.x and
-3.x: raw DEFLATE with ``HEADER_DICT``), u32 N, N records of u64 payload offset from the start of
-the file, u32 length and u32 CRC-32, and a CRC-32 of the count and the records; the payloads are
-the same as in format 4, at the offsets given (format 2 has no flag 4).  Nothing but the header
+after 4.0 named without their id, see ``MODELS``; 4.2 tile flag 8, exact pixels) have a fixed
+16-byte prelude -- magic, major, minor, u16 reserved, u32 L, u32 CRC-32 of the header -- then the
+header (1.x: a zlib stream; 2.x and 3.x: raw DEFLATE with ``HEADER_DICT``), u32 N, N records of u64
+payload offset from the start of the file, u32 length and u32 CRC-32, and a CRC-32 of the count and
+the records; the payloads are the same as in format 4, at the offsets given (format 2 has no flag
+4, formats 1-4.1 no flag 8).  Nothing but the header
 (size, model and georeferencing) costs bytes outside the coded data, which is what matters for the
 small chips of SAR machine-learning datasets: everything but the coded data of a 256 x 256
 georeferenced float32 image is about 105 bytes in format 4, 142 in format 3.
@@ -518,7 +519,7 @@ def _unpack_exact(z: bytes, npix: int, itemsize: int) -> ExactPixels:
     return ExactPixels(index, raw[pos:])
 
 
-def unpack_tile(payload: bytes, npix: int, itemsize: int = 4) -> tuple[bytes | None, bool, bytes, ExactPixels | None]:
+def unpack_tile(payload: bytes, npix: int, itemsize: int) -> tuple[bytes | None, bool, bytes, ExactPixels | None]:
     """-> (mask classes as bytes of length npix or None, empty, latent bytes, exact pixels or None);
     ``itemsize``: bytes per value of the header's dtype."""
     if not payload:
