@@ -162,24 +162,34 @@ def _pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.pad(a, ((0, h - a.shape[0]), (0, w - a.shape[1])), mode="edge")
 
 
-def model_input(raw: np.ndarray, cls: np.ndarray, mapping: BandMapping) -> np.ndarray:
+def normalised(raw: np.ndarray, valid: np.ndarray, mapping: BandMapping) -> np.ndarray:
+    """Values -> normalised float32, limited only to ``U_CLIP`` widened by 1 on each side (so no finite
+    value overflows float32, and what lies beyond ``U_CLIP`` can still be told); pixels that are not
+    ``valid`` are mapped from the band's neutral value instead."""
+    neutral = mapping.floor if mapping.domain == "log" else mapping.lo
+    lo, hi = U_CLIP
+    return mapping.forward(np.where(valid, raw, neutral), clip=(lo - 1.0, hi + 1.0))
+
+
+def model_input(raw: np.ndarray, cls: np.ndarray, mapping: BandMapping, wide: np.ndarray | None = None) -> np.ndarray:
     """The normalised image the analysis transform sees: pixels that are not valid (nodata, zeros in
     the log domain) take the mean of the valid ones, so they cost few bits.  Values are limited to
     ``U_CLIP``, the range the decoder can reproduce: an outlier far beyond the band's percentiles (a
-    bad pixel of 1e30 in a dB band) would otherwise flood its whole neighbourhood with large latents."""
+    bad pixel of 1e30 in a dB band) would otherwise flood its whole neighbourhood with large latents.
+    ``wide``: ``normalised`` of these pixels if the caller has it (it is limited in place and returned)."""
     valid = cls == CLASS_VALID
-    neutral = mapping.floor if mapping.domain == "log" else mapping.lo
-    u = mapping.forward(np.where(valid, raw, neutral), clip=U_CLIP)
+    u = normalised(raw, valid, mapping) if wide is None else wide
+    np.clip(u, *U_CLIP, out=u)
     if not valid.all():
         u[~valid] = float(u[valid].mean()) if valid.any() else 0.5
     return u
 
 
-def exact_pixels(raw: np.ndarray, cls: np.ndarray, mapping: BandMapping) -> bitstream.ExactPixels | None:
-    """The valid pixels of a tile that the decoder's range (``U_CLIP``) cannot reproduce, verbatim."""
+def exact_pixels(raw: np.ndarray, cls: np.ndarray, wide: np.ndarray) -> bitstream.ExactPixels | None:
+    """The valid pixels of a tile that the decoder's range (``U_CLIP``) cannot reproduce, verbatim;
+    ``wide``: ``normalised`` of the tile."""
     lo, hi = U_CLIP
-    u = mapping.forward(raw, clip=(lo - 1.0, hi + 1.0))  # float32 of any finite value, and no overflow
-    flat = np.flatnonzero(((u < lo) | (u > hi)) & (cls == CLASS_VALID))
+    flat = np.flatnonzero(((wide < lo) | (wide > hi)) & (cls == CLASS_VALID))
     if not flat.size:
         return None
     values = raw.reshape(-1)[flat]
@@ -245,12 +255,14 @@ class Encoder:
         wc0, wc1 = max(0, c0 - halo), min(wp, k1 * s + halo)
         raw = source.read(band, wr0, min(wr1, grid.height), wc0, min(wc1, grid.width))
         cls = pixel_classes(raw, nodata, mapping.domain)
-        tile_cls = cls[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0]
+        in_tile = (slice(r0 - wr0, r1 - wr0), slice(c0 - wc0, c1 - wc0))
+        tile_cls = cls[in_tile]
         mask = None if not tile_cls.any() else np.ascontiguousarray(tile_cls).tobytes()
         if not (tile_cls == CLASS_VALID).any():
             return bitstream.pack_tile(b"", mask, empty=True), 0.0, 0, 0
-        exact = exact_pixels(raw[r0 - wr0 : r1 - wr0, c0 - wc0 : c1 - wc0], tile_cls, mapping)
-        u = _pad_to(model_input(raw, cls, mapping), wr1 - wr0, wc1 - wc0)
+        wide = normalised(raw, cls == CLASS_VALID, mapping)  # one pass for both: exact pixels first, then
+        exact = exact_pixels(raw[in_tile], tile_cls, wide[in_tile])  # model_input limits it in place
+        u = _pad_to(model_input(raw, cls, mapping, wide), wr1 - wr0, wc1 - wc0)
         y = self.model.analysis(u, self.quality)
         y = y[:, l0 - wr0 // s : l1 - wr0 // s, k0 - wc0 // s : k1 - wc0 // s]
         h, w = y.shape[-2:]
