@@ -1,17 +1,16 @@
-"""The ``.sarc`` container, version 4 (reads 1.x, 2.x and 3.x too): written and read only here.
+"""The ``.sarc`` container, version 5 (reads 1.x-4.x too): written and read only here.
 
-Byte layout of format 4 (integers little-endian; "varint" is unsigned LEB128, 7 bits a byte, low
+Byte layout of format 5 (integers little-endian; "varint" is unsigned LEB128, 7 bits a byte, low
 group first, in its shortest form)::
 
     offset      size   field
     0           4      magic  b"SARC"
-    4           1      major format version (4); readers refuse majors they do not know
-    5           1      minor format version (2); additive changes only (4.1: the float64 dtype, models named by
-                       ``MODELS``; 4.2: tile flag 8, exact pixels)
+    4           1      major format version (5); readers refuse majors they do not know
+    5           1      minor format version (0); additive changes only
     6           varint L = header length in bytes (at most 16 MiB)
-    .           L      header: a UTF-8 JSON object (at most 16 MiB inflated), fields in ``Header``
-                       below, as a raw DEFLATE stream (RFC 1951) with the preset dictionary
-                       ``HEADER_DICT_4``
+    .           L      header: the binary core below, then (if anything is left of the L bytes) the
+                       other fields of ``Header`` as a UTF-8 JSON object (at most 16 MiB inflated)
+                       in a raw DEFLATE stream (RFC 1951) with the preset dictionary ``HEADER_DICT_4``
     .           varint N = number of tile records = bands * tiles_y * tiles_x
     .           8*N    tile table, one record per band-tile in order (band, tile row, tile col):
                          u32 payload length in bytes
@@ -19,19 +18,38 @@ group first, in its shortest form)::
     .           4      CRC-32 of every byte before it (magic to the end of the table)
     .           ...    tile payloads, back to back in table order; the file ends with the last one
 
-Formats 1-3 (still read; history: 1.0 first release; 1.1 header fields at their default value may
-be left out; 2.0 header deflated with the preset dictionary ``HEADER_DICT``; 3.0 tile flag 4, a
-trimmed final range-coder word; 4.0 this compact layout, 20 bytes less for a one-tile file, and a
-dictionary that knows the newer models, ~16 bytes less; 4.1 the float64 dtype, and models shipped
-after 4.0 named without their id, see ``MODELS``; 4.2 tile flag 8, exact pixels) have a fixed
-16-byte prelude -- magic, major, minor, u16 reserved, u32 L, u32 CRC-32 of the header -- then the
-header (1.x: a zlib stream; 2.x and 3.x: raw DEFLATE with ``HEADER_DICT``), u32 N, N records of u64
-payload offset from the start of the file, u32 length and u32 CRC-32, and a CRC-32 of the count and
-the records; the payloads are the same as in format 4, at the offsets given (format 2 has no flag
-4, formats 1-4.1 no flag 8).  Nothing but the header
-(size, model and georeferencing) costs bytes outside the coded data, which is what matters for the
-small chips of SAR machine-learning datasets: everything but the coded data of a 256 x 256
-georeferenced float32 image is about 105 bytes in format 4, 142 in format 3.
+The header's binary core ("number": a float stored bit-exactly by ``number_bytes``: one tag byte t,
+then for t < 254 a zigzag varint m and the value is m * 10**(t - 127), the float's shortest decimal
+form; t = 254 is 0.0; t = 255 is followed by the float64)::
+
+    varint width, varint height, varint bands
+    u8     dtype, index into DTYPES
+    varint tile size / 64
+    u8     quality
+    varint model: k > 0 is MODEL_TABLE[k - 1]; 0: varint length, UTF-8 name, 8-byte id follow
+    u8     flags: 1 nodata, 2 transform, 4 CRS as an EPSG code
+    [number nodata] [varint EPSG code] [6 numbers: the affine transform a, b, c, d, e, f]
+    per band, its mapping (``sarcodec.preprocess.BandMapping``): u8 bits 0-1 domain (``DOMAINS``),
+           bit 2 factor 20, bit 3 factor follows (else 10), bit 4 floor follows (else 0);
+           numbers lo, hi, [factor], [floor]
+
+The JSON part holds what the core does not (``EXTRA_FIELDS``: a CRS that is not a plain EPSG code, GCPs,
+band descriptions, units, tags, scales and offsets, the encoder's version) and leaves out fields at
+their default value.  For the small chips of SAR machine-learning datasets this matters: everything
+but the coded data of a georeferenced 256 x 256 float32 CNNSpeckleFilter chip is 96 bytes in format 5
+(header 75, of which 38 are its affine transform), 107 in format 4 (header 86), 127 in format 3; the
+header of the same chip without georeferencing is 27 bytes in format 5, 40 in format 4.
+
+Formats 1-4 (still read): 1.0 first release; 1.1 header fields at their default value may be left
+out; 2.0 header deflated with the preset dictionary ``HEADER_DICT``; 3.0 tile flag 4, a trimmed
+final range-coder word; 4.0 the layout above, 20 bytes less for a one-tile file, with the whole
+header as deflated JSON (``HEADER_DICT_4``, which knows the newer models, ~16 bytes less); 4.1 the
+float64 dtype, and models shipped after 4.0 named without their id, see ``MODELS``; 4.2 tile flag 8,
+exact pixels.  Formats 1-3 have a fixed 16-byte prelude -- magic, major, minor, u16 reserved, u32 L,
+u32 CRC-32 of the header -- then the header (1.x: a zlib stream; 2.x and 3.x: raw DEFLATE with
+``HEADER_DICT``), u32 N, N records of u64 payload offset from the start of the file, u32 length and
+u32 CRC-32, and a CRC-32 of the count and the records; the payloads are the same in every format, at
+the offsets given (format 2 has no flag 4, formats 1-4.1 no flag 8).
 
 Tile payload (one band, one tile of ``tile`` x ``tile`` pixels, smaller at the right/bottom)::
 
@@ -54,16 +72,13 @@ Tile payload (one band, one tile of ``tile`` x ``tile`` pixels, smaller at the r
              ``sarcodec.entropy``); z has shape (hyper channels, ceil(ceil(th/s)/4), ceil(ceil(tw/s)/4)),
              s being the model's latent stride (16 for the default model, 8 for the fast preset)
 
-Header JSON fields: see ``Header``; fields at their default value (no nodata, no GCPs, no band
-descriptions/units/tags, scales 1, offsets 0) are left out, which matters for small images (the
-header of a 256 x 256 georeferenced float32 image: 85 bytes in format 4, 100 in format 2 (85 with the
-models of its time), 300 in 1.1, 380 in 1.0).
-Floats are written with Python's shortest round-trip repr, so the preprocessing parameters are
-bit-exact; NaN nodata is written as the string "nan"; CRSs are "EPSG:n" when that code reproduces
-them exactly, WKT otherwise.
+Header fields: see ``Header``.  In the JSON of formats 1-4 (and format 5's JSON part) floats are
+written with Python's shortest round-trip repr, so they are bit-exact, NaN nodata as the string "nan";
+CRSs are "EPSG:n" when that code reproduces them exactly, WKT otherwise.
 """
 from __future__ import annotations
 
+import decimal
 import json
 import math
 import struct
@@ -71,9 +86,9 @@ import zlib
 from dataclasses import asdict, dataclass, field
 
 MAGIC = b"SARC"
-MAJOR = 4  # the version this writes
-MINOR = 2  # 4.1 added the float64 dtype and MODELS, 4.2 exact pixels; older 4.x readers refuse only files that use them
-READS = (1, 2, 3, 4)  # majors this reader understands
+MAJOR = 5  # the version this writes
+MINOR = 0  # additive changes only: an older 5.x reader refuses only files that use them
+READS = (1, 2, 3, 4, 5)  # majors this reader understands
 MAX_HEADER = 16 * 2**20
 MAX_DIM = 2**24
 MAX_BANDS = 4096
@@ -131,6 +146,26 @@ MODELS = {
 }
 
 
+# Every shipped model (name, id) in the order of release: a format-5 header names its model by its
+# position here plus 1, in one byte (0: name and id follow in full).  Append only; tests pin it.
+MODEL_TABLE = (
+    ("sarcodec-fast1", "619631bbd2271e85"), ("sarcodec-fast2", "667cb43bfc62b4d1"), ("sarcodec-hp1", "ef93758569f14fc4"),
+    ("sarcodec-hp2", "2c638ef49afc9b8c"), ("sarcodec-fast3", "b5a8647aacb153e7"), ("sarcodec-hp3", "36df587d9f8ae423"),
+    ("sarcodec-hp4", "2a1d1a0a53ba7f50"), ("sarcodec-fast4", "3cf62014ef3d9efa"), ("sarcodec-hp5", "820c026f3418d9d0"),
+    ("sarcodec-hp6", "cb2c3ab70bf35788"), ("sarcodec-fast5", "99850ef515f0b5ca"), ("sarcodec-hp7s1", "a06d44491c279b30"),
+    ("sarcodec-hp7", "98b41c1a6075dcd6"), ("sarcodec-hp7s2", "9f7c575ec8063de5"), ("sarcodec-hp7s3", "8bc0a66834b2485f"),
+    ("sarcodec-hp7s4", "33165a8f996df7b5"),
+)
+MODEL_INDEX = {m: i + 1 for i, m in enumerate(MODEL_TABLE)}
+
+# Format 5's binary core: flags, band mapping bits, the fields it leaves to the JSON part.
+CORE_NODATA, CORE_TRANSFORM, CORE_EPSG = 1, 2, 4
+DOMAINS = ("identity", "log", "db")  # mapping bits 0-1
+MAP_FACTOR20, MAP_FACTOR, MAP_FLOOR = 4, 8, 16
+NUMBER_MAX = 2**49  # zigzag mantissas from here on: the float64 is as short
+EXTRA_FIELDS = ("crs", "gcps", "gcp_crs", "descriptions", "tags", "band_tags", "units", "scales", "offsets", "encoder")
+
+
 def header_dict(major: int) -> bytes:
     return HEADER_DICT_4 if major >= 4 else HEADER_DICT
 
@@ -186,14 +221,12 @@ class Header(TileLayout):
     def tile_index(self, band: int, ty: int, tx: int) -> int:
         return (band * self.tiles_y + ty) * self.tiles_x + tx
 
-    def to_bytes(self) -> bytes:
-        """The header as this version stores it: JSON, raw DEFLATE with ``HEADER_DICT_4``."""
+    def stored_fields(self) -> dict:
+        """The fields a file stores: those at their default value (no nodata, GCPs, tags, ...) left out."""
         d = asdict(self)
         if d["nodata"] is not None and math.isnan(d["nodata"]):
             d["nodata"] = "nan"
         defaults = {"nodata": None, "crs": None, "transform": None, "gcp_crs": None, "encoder": ""}
-        if MODELS.get(self.model_name) == self.model_id:
-            del d["model_id"]
         for k, v in list(d.items()):
             if (k in defaults and v == defaults[k]) or (k in ("gcps", "tags") and not v):
                 del d[k]
@@ -201,24 +234,37 @@ class Header(TileLayout):
                 del d[k]
             elif (k == "scales" and all(x == 1.0 for x in v)) or (k == "offsets" and all(x == 0.0 for x in v)):
                 del d[k]
-        return deflate_header(json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False).encode())
+        return d
+
+    def to_bytes(self, major: int | None = None) -> bytes:
+        """The header as format ``major`` stores it (default: the version this writes): from 5.0 the
+        binary core, then the other fields as JSON deflated with ``HEADER_DICT_4`` (nothing if none);
+        in 4.x all of it as deflated JSON (kept so that tests can write such files)."""
+        major = MAJOR if major is None else major
+        d = self.stored_fields()
+        if major >= 5:
+            core, epsg = core_bytes(self)
+            extras = {k: v for k, v in d.items() if k in EXTRA_FIELDS and not (k == "crs" and epsg)}
+            return core + (deflate_header(json_bytes(extras), major) if extras else b"")
+        if MODELS.get(self.model_name) == self.model_id:
+            del d["model_id"]
+        return deflate_header(json_bytes(d), major)
 
     @classmethod
     def from_bytes(cls, stored: bytes, major: int = MAJOR) -> "Header":
-        raw = inflate_header(stored, major)
-        try:
-            d = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-            raise FormatError(f"header is not valid JSON ({e.__class__.__name__})") from None
-        if not isinstance(d, dict):
-            raise FormatError("header is not a JSON object")
-        if d.get("nodata") == "nan":
-            d["nodata"] = float("nan")
-        if "model_id" not in d and isinstance(d.get("model_name"), str):
-            if d["model_name"] not in MODELS:
-                raise FormatError(f"header names model {d['model_name']!r} without its id, and this sarcodec does not "
-                                  "know that model (a newer sarcodec wrote the file)")
-            d["model_id"] = MODELS[d["model_name"]]
+        if major >= 5:
+            d, pos = read_core(stored)
+            extras = json_object(inflate_header(stored[pos:], major)) if pos < len(stored) else {}
+            d.update((k, v) for k, v in extras.items() if k in EXTRA_FIELDS and k not in d)
+        else:
+            d = json_object(inflate_header(stored, major))
+            if d.get("nodata") == "nan":
+                d["nodata"] = float("nan")
+            if "model_id" not in d and isinstance(d.get("model_name"), str):
+                if d["model_name"] not in MODELS:
+                    raise FormatError(f"header names model {d['model_name']!r} without its id, and this sarcodec does not "
+                                      "know that model (a newer sarcodec wrote the file)")
+                d["model_id"] = MODELS[d["model_name"]]
         names = cls.__dataclass_fields__
         missing = [k for k in ("width", "height", "bands", "dtype", "tile", "quality", "model_id", "mappings") if k not in d]
         if missing:
@@ -276,6 +322,149 @@ def inflate_header(stored: bytes, major: int = MAJOR) -> bytes:
     return raw
 
 
+def json_bytes(d: dict) -> bytes:
+    return json.dumps(d, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def json_object(raw: bytes) -> dict:
+    try:
+        d = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise FormatError(f"header is not valid JSON ({e.__class__.__name__})") from None
+    if not isinstance(d, dict):
+        raise FormatError("header is not a JSON object")
+    return d
+
+
+def number_bytes(x: float) -> bytes:
+    """A float, bit-exact, in as few bytes as its shortest decimal form allows: u8 tag t < 254 and a
+    zigzag varint m, value m * 10**(t - 127); t = 254: 0.0; t = 255: the float64 (little-endian) follows."""
+    x = float(x)
+    if x == 0.0 and math.copysign(1.0, x) > 0:
+        return bytes([254])
+    if math.isfinite(x) and x != 0.0:  # -0.0 and non-finite values: the float64
+        sign, digits, exp = decimal.Decimal(repr(x)).normalize().as_tuple()
+        m = int("".join(map(str, digits))) * (-1 if sign else 1)
+        z = 2 * m if m >= 0 else -2 * m - 1
+        if isinstance(exp, int) and -127 <= exp <= 126 and z < NUMBER_MAX and float(f"{m}e{exp}") == x:
+            return bytes([exp + 127]) + varint(z)
+    return bytes([255]) + struct.pack("<d", x)
+
+
+def read_number(buf: bytes, pos: int, what: str) -> tuple[float, int]:
+    """Inverse of ``number_bytes``: (value, position after it)."""
+    if pos >= len(buf) or (buf[pos] == 255 and pos + 9 > len(buf)):
+        raise FormatError(f"truncated header ({what})")
+    if buf[pos] >= 254:
+        return (0.0, pos + 1) if buf[pos] == 254 else (struct.unpack_from("<d", buf, pos + 1)[0], pos + 9)
+    z, end = read_varint(buf, pos + 1, f"header {what}", NUMBER_MAX - 1, width=7)
+    return float(f"{z >> 1 if not z & 1 else -((z + 1) >> 1)}e{buf[pos] - 127}"), end
+
+
+def _epsg(crs: str | None) -> int | None:
+    """n for a CRS stored as "EPSG:n" (n without leading zeros), else None."""
+    if crs and crs.startswith("EPSG:") and crs[5:].isdigit() and crs[5:] == str(int(crs[5:])) and int(crs[5:]) < 2**31:
+        return int(crs[5:])
+    return None
+
+
+def core_bytes(h: Header) -> tuple[bytes, bool]:
+    """Format 5's binary core of ``h`` (see the module docstring), and whether it holds the CRS."""
+    if h.tile % 64 or h.dtype not in DTYPES:
+        raise ValueError("header tile size or dtype cannot be stored")
+    model = MODEL_INDEX.get((h.model_name, h.model_id), 0)
+    out = [varint(h.width), varint(h.height), varint(h.bands), bytes([DTYPES.index(h.dtype)]), varint(h.tile // 64),
+           bytes([h.quality]), varint(model)]
+    if not model:
+        name = h.model_name.encode()
+        out += [varint(len(name)), name, bytes.fromhex(h.model_id)]
+    epsg = _epsg(h.crs)
+    out.append(bytes([(CORE_NODATA if h.nodata is not None else 0) | (CORE_TRANSFORM if h.transform is not None else 0)
+                      | (CORE_EPSG if epsg is not None else 0)]))
+    if h.nodata is not None:
+        out.append(number_bytes(h.nodata))
+    if epsg is not None:
+        out.append(varint(epsg))
+    if h.transform is not None:
+        out += [number_bytes(v) for v in h.transform]
+    for m in h.mappings:
+        if set(m) - {"domain", "lo", "hi", "factor", "floor"} or m["domain"] not in DOMAINS:
+            raise ValueError(f"band mapping {m} cannot be stored")
+        factor, floor = m.get("factor", 10.0), m.get("floor", 0.0)
+        out.append(bytes([DOMAINS.index(m["domain"]) | (MAP_FACTOR20 if factor == 20.0 else MAP_FACTOR if factor != 10.0 else 0)
+                          | (MAP_FLOOR if floor != 0.0 else 0)]))
+        out += [number_bytes(m["lo"]), number_bytes(m["hi"])]
+        out += [number_bytes(factor)] if factor not in (10.0, 20.0) else []
+        out += [number_bytes(floor)] if floor != 0.0 else []
+    return b"".join(out), epsg is not None
+
+
+def read_core(buf: bytes) -> tuple[dict, int]:
+    """Inverse of ``core_bytes``: (the fields it holds, position after it); FormatError if invalid."""
+    d: dict = {}
+    pos = 0
+    for k, limit in (("width", MAX_DIM), ("height", MAX_DIM), ("bands", MAX_BANDS)):
+        d[k], pos = read_varint(buf, pos, f"header {k}", limit)
+    if pos + 1 > len(buf):
+        raise FormatError("truncated header (dtype)")
+    if buf[pos] >= len(DTYPES):
+        raise FormatError(f"header dtype code {buf[pos]} unknown")
+    d["dtype"] = DTYPES[buf[pos]]
+    tile, pos = read_varint(buf, pos + 1, "header tile size", 128)
+    d["tile"] = 64 * tile
+    if pos + 1 > len(buf):
+        raise FormatError("truncated header (quality)")
+    d["quality"] = buf[pos]
+    model, pos = read_varint(buf, pos + 1, "header model number", 2**20)
+    if model > len(MODEL_TABLE):
+        raise FormatError(f"header names model number {model}, which this sarcodec does not know (a newer sarcodec "
+                          "wrote the file)")
+    if model:
+        d["model_name"], d["model_id"] = MODEL_TABLE[model - 1]
+    else:
+        n, pos = read_varint(buf, pos, "header model name length", 1024)
+        if pos + n + 8 > len(buf):
+            raise FormatError("truncated header (model)")
+        try:
+            d["model_name"] = buf[pos : pos + n].decode("utf-8")
+        except UnicodeDecodeError:
+            raise FormatError("header model name is not UTF-8") from None
+        d["model_id"], pos = buf[pos + n : pos + n + 8].hex(), pos + n + 8
+    if pos + 1 > len(buf):
+        raise FormatError("truncated header (flags)")
+    flags, pos = buf[pos], pos + 1
+    if flags & ~(CORE_NODATA | CORE_TRANSFORM | CORE_EPSG):
+        raise FormatError("unknown header flags")
+    if flags & CORE_NODATA:
+        d["nodata"], pos = read_number(buf, pos, "nodata")
+    if flags & CORE_EPSG:
+        epsg, pos = read_varint(buf, pos, "header EPSG code", 2**31 - 1)
+        d["crs"] = f"EPSG:{epsg}"
+    if flags & CORE_TRANSFORM:
+        d["transform"] = []
+        for _ in range(6):
+            v, pos = read_number(buf, pos, "transform")
+            d["transform"].append(v)
+    d["mappings"] = []
+    for _ in range(d["bands"]):
+        if pos + 1 > len(buf):
+            raise FormatError("truncated header (band mapping)")
+        bits, pos = buf[pos], pos + 1
+        if bits & ~(3 | MAP_FACTOR20 | MAP_FACTOR | MAP_FLOOR) or (bits & 3) >= len(DOMAINS) or bits & MAP_FACTOR20 and bits & MAP_FACTOR:
+            raise FormatError("header band mapping malformed")
+        m = {"domain": DOMAINS[bits & 3]}
+        m["lo"], pos = read_number(buf, pos, "band mapping")
+        m["hi"], pos = read_number(buf, pos, "band mapping")
+        if bits & MAP_FACTOR20:
+            m["factor"] = 20.0
+        elif bits & MAP_FACTOR:
+            m["factor"], pos = read_number(buf, pos, "band mapping")
+        if bits & MAP_FLOOR:
+            m["floor"], pos = read_number(buf, pos, "band mapping")
+        d["mappings"].append(m)
+    return d, pos
+
+
 @dataclass
 class TileEntry:
     offset: int
@@ -285,6 +474,8 @@ class TileEntry:
 
 def varint(n: int) -> bytes:
     """Unsigned LEB128."""
+    if n < 0:
+        raise ValueError(f"varint of a negative number ({n})")
     out = bytearray()
     while True:
         out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
@@ -293,17 +484,18 @@ def varint(n: int) -> bytes:
             return bytes(out)
 
 
-def read_varint(buf: bytes, pos: int, what: str, limit: int) -> tuple[int, int]:
-    """(value, position after it) of the varint at ``pos``; at most ``limit``, in its shortest form."""
+def read_varint(buf: bytes, pos: int, what: str, limit: int, width: int = 5) -> tuple[int, int]:
+    """(value, position after it) of the varint at ``pos``: at most ``limit`` and ``width`` bytes, in its
+    shortest form."""
     value = shift = 0
-    for i in range(pos, min(len(buf), pos + 5)):
+    for i in range(pos, min(len(buf), pos + width)):
         value |= (buf[i] & 0x7F) << shift
         shift += 7
         if not buf[i] & 0x80:
             if value > limit or (i > pos and buf[i] == 0):
                 raise FormatError(f"{what} out of range")
             return value, i + 1
-    raise FormatError(f"truncated file ({what})" if pos + 5 > len(buf) else f"{what} out of range")
+    raise FormatError(f"truncated file ({what})" if pos + width > len(buf) else f"{what} out of range")
 
 
 def head_bytes(hj: bytes, n_tiles: int) -> bytes:
@@ -356,7 +548,7 @@ class Reader:
         table = self._read(tstart, 8 * n + 4, "tile table")
         if zlib.crc32(table[:-4], zlib.crc32(head[:tstart])) != struct.unpack_from("<I", table, 8 * n)[0]:
             raise FormatError("header or tile table checksum mismatch (file corrupt)")
-        header = Header.from_bytes(hj, MAJOR)
+        header = Header.from_bytes(hj, self.version[0])
         if n != header.n_tiles:
             raise FormatError(f"tile table has {n} entries, header implies {header.n_tiles}")
         entries, off = [], tstart + 8 * n + 4

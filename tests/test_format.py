@@ -1,7 +1,9 @@
 """The .sarc container, the integer entropy model and the coder: exactness, determinism, rejection."""
 from __future__ import annotations
 
+import dataclasses
 import io
+import math
 from pathlib import Path
 import struct
 import zlib
@@ -19,19 +21,36 @@ from sarcodec.entropy import Z_RADIUS, IntHyperSynthesis, build_y_tables, quanti
 from sarcodec.model import A_FRAC_BITS, ModelConfig, SarCodecModel
 
 from .conftest import EVAL, need, sea_with_ship
-from .test_fuzz import header_json, layout, with_header
+from .test_fuzz import layout, stored_header, with_header
 
 
 def small_file(model, s1_array) -> bytes:
     return sarcodec.encode_array(s1_array[0, :200, :330], 4, tile=128, model=model)
 
 
-def test_header_json_roundtrip_exact_floats():
-    h = Header(width=3, height=2, bands=1, dtype="float32", tile=64, quality=2, model_id="0123456789abcdef", model_name="m",
-               mappings=[{"domain": "log", "lo": -23.123456789012345, "hi": 0.1 + 0.2, "factor": 10.0, "floor": 1e-7}],
-               nodata=float("nan"))
-    h2 = Header.from_bytes(h.to_bytes())
-    assert h2.mappings == h.mappings and np.isnan(h2.nodata)
+@pytest.mark.parametrize("major", [4, 5])
+def test_header_roundtrip_exact_floats(major):
+    h = Header(width=3, height=2, bands=2, dtype="float32", tile=64, quality=2, model_id="0123456789abcdef", model_name="m",
+               mappings=[{"domain": "log", "lo": -23.123456789012345, "hi": 0.1 + 0.2, "floor": 1e-7},
+                         {"domain": "log", "lo": 20.118, "hi": 60.515, "factor": 20.0, "floor": 9.0}],
+               nodata=float("nan"), crs="EPSG:32631", transform=[1e-4 / 3, 0.0, -4.713113284561462, -0.0, -1e300, 4830114.70107],
+               gcps=[["1", "", 0.5, 0.5, 13.25, 41.5, 0.0]], gcp_crs="EPSG:4326", tags={"UNITS": "sigma0"}, descriptions=["VH", None])
+    h2 = Header.from_bytes(h.to_bytes(major), major)
+    assert np.isnan(h2.nodata) and dataclasses.replace(h2, nodata=None) == dataclasses.replace(h, nodata=None)
+    assert [math.copysign(1.0, v) for v in h2.transform] == [1, 1, -1, -1, -1, 1]  # -0.0 stays -0.0
+    h3 = dataclasses.replace(h, mappings=[{"domain": "db", "lo": -30.0, "hi": 5e-324}] * 2, nodata=-99.0, crs="WKT text",
+                             transform=None, model_name="sarcodec-hp7", model_id="98b41c1a6075dcd6")
+    assert Header.from_bytes(h3.to_bytes(major), major) == h3
+
+
+def test_format_5_header_is_smaller(tmp_path):
+    # A real georeferenced float32 chip (CNNSpeckleFilter, 256 x 256): format 5 stores the size, model,
+    # transform and band mapping in binary, ~14 bytes less than format 4's deflated JSON
+    sarcodec.encode_file(need(EVAL / "float" / "cnnspecklefilter-834_snippet_vh.tif"), tmp_path / "c.sarc", quality=1)
+    data = (tmp_path / "c.sarc").read_bytes()
+    h = bitstream.Reader(io.BytesIO(data), len(data)).header
+    assert h.crs == "EPSG:4326" and h.transform and h.model_name in dict(bitstream.MODEL_TABLE)
+    assert len(stored_header(data)) == len(h.to_bytes()) <= len(h.to_bytes(4)) - 10
 
 
 def test_pack_reader_roundtrip():
@@ -162,18 +181,27 @@ def test_header_dictionaries_are_frozen():
     assert zlib.crc32(bitstream.HEADER_DICT_4) == 0x76075116 and len(bitstream.HEADER_DICT_4) == 1692
 
 
-def test_models_after_4_0_are_named_without_their_id(s1_array):
-    # append only: a file names such a model by name alone and the reader takes the id from here
+def test_shipped_models_are_named_by_number(s1_array, monkeypatch):
+    # append only: a format-5 header names a shipped model by its place in MODEL_TABLE, a 4.1 header
+    # the models after 4.0 by name alone (MODELS); the reader takes the id from here
+    assert zlib.crc32(repr(bitstream.MODEL_TABLE[:16]).encode()) == 0xCA2F00BB
     assert list(bitstream.MODELS.items())[:2] == [("sarcodec-hp7s3", "8bc0a66834b2485f"), ("sarcodec-hp7s4", "33165a8f996df7b5")]
     m = sarcodec.load_model(bundled_path("sarcodec-hp7s3"))
     data = sarcodec.encode_array(s1_array[0, :96, :96], 2, model=m)
     r = bitstream.Reader(io.BytesIO(data), len(data))
-    stored = header_json(data)
-    assert b"model_id" not in stored and b'"model_name":"sarcodec-hp7s3"' in stored
-    assert r.header.model_id == m.model_id and r.version == (4, 2)
+    assert r.header.model_id == m.model_id and r.version == (5, 0) and b"hp7s3" not in stored_header(data)
+    assert stored_header(data)[6] == bitstream.MODEL_INDEX[(m.name, m.model_id)] == 15
     assert sarcodec.decode_array(data)[0].shape == (1, 96, 96)
+    mine = dataclasses.replace(r.header, model_name="mine", model_id="0123456789abcdef")  # not shipped: named in full
+    assert Header.from_bytes(mine.to_bytes()) == mine and b"mine" in mine.to_bytes()
+    with pytest.raises(FormatError, match="model number 17, which this sarcodec does not know"):
+        Header.from_bytes(stored_header(data)[:6] + bytes([17]) + stored_header(data)[7:])
+    monkeypatch.setattr(bitstream, "MAJOR", 4)
+    monkeypatch.setattr(bitstream, "MINOR", 1)
+    stored = bitstream.inflate_header(stored_header(sarcodec.encode_array(s1_array[0, :96, :96], 2, model=m)), 4)
+    assert b"model_id" not in stored and b'"model_name":"sarcodec-hp7s3"' in stored
     with pytest.raises(FormatError, match="does not know that model"):
-        Header.from_bytes(bitstream.deflate_header(stored.replace(b"sarcodec-hp7s3", b"sarcodec-hp99")))
+        Header.from_bytes(bitstream.deflate_header(stored.replace(b"sarcodec-hp7s3", b"sarcodec-hp99"), 4), 4)
 
 
 def test_format_1_1_file_still_decodes(tmp_path):
@@ -186,7 +214,7 @@ def test_format_1_1_file_still_decodes(tmp_path):
     src = need(EVAL / "float" / "opensarship-grd-dn-cargo_x11505_y10248.tif")
     new = tmp_path / "new.sarc"
     sarcodec.encode_file(src, new, quality=3, model=sarcodec.load_model(bundled_path("sarcodec-hp3")))
-    assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "4.2"
+    assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "5.0"
     old_b, new_b = old.read_bytes(), new.read_bytes()
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
@@ -203,13 +231,23 @@ def test_format_1_1_file_still_decodes(tmp_path):
     assert a.dtype == np.uint16 and np.array_equal(a, b)
 
 
-def test_format_4_0_file_still_decodes(model, s1_array, monkeypatch):
-    # 4.1 only added the float64 dtype and MODELS, 4.2 exact pixels: a file that uses none of them,
-    # written as 4.0, is the same file with minor 0
-    new = small_file(model, s1_array)
+def test_format_4_files_decode_as_a_new_file_does(model, s1_array, monkeypatch):
+    # Format 5 changed only how the header is stored: a 4.x file has the same header and payloads.
+    # The fixture was written by sarcodec 0.1 in format 4.2 (hp7s4, q2, 128 x 128 tiles) from
+    # conftest's uint16 sea with a ship, so one tile has exact pixels.
+    old_b = (Path(__file__).parent / "data" / "format-4.2-sea-ship-q2.sarc").read_bytes()
+    new_b = sarcodec.encode_array(sea_with_ship("uint16")[0], 2, model=sarcodec.load_model(bundled_path("sarcodec-hp7s4")), tile=128)
+    r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
+    r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
+    assert r_old.version == (4, 2) and r_new.version == (5, 0) and r_old.header == r_new.header
+    assert [r_old.payload(i) for i in range(6)] == [r_new.payload(i) for i in range(6)]
+    assert r_old.payload(1)[0] & bitstream.FLAG_EXACT
+    assert np.array_equal(sarcodec.decode_array(old_b)[0], sarcodec.decode_array(new_b)[0])
+    assert len(new_b) < len(old_b)
+    new = small_file(model, s1_array)  # and what this sarcodec writes as 4.0 (tests only) decodes as 5.0 does
+    monkeypatch.setattr(bitstream, "MAJOR", 4)
     monkeypatch.setattr(bitstream, "MINOR", 0)
     old = small_file(model, s1_array)
-    assert old[:5] == new[:5] and (old[5], new[5]) == (0, 2) and old[6:] != new[6:]  # the CRC covers the version
     assert bitstream.Reader(io.BytesIO(old), len(old)).version == (4, 0)
     assert np.array_equal(sarcodec.decode_array(old, model=model)[0], sarcodec.decode_array(new, model=model)[0])
 
@@ -236,6 +274,7 @@ def test_bright_point_target_decodes_exactly(model, dtype, monkeypatch):
 
 def test_exact_pixels_are_refused_in_an_older_4_x_file(model, monkeypatch):
     a, _ = sea_with_ship("float32")
+    monkeypatch.setattr(bitstream, "MAJOR", 4)
     monkeypatch.setattr(bitstream, "MINOR", 1)
     data = sarcodec.encode_array(a, 2, model=model, tile=128)
     with pytest.raises(FormatError, match=r"tile 1 uses a format-4\.2 flag in a 4\.1 file"):
@@ -267,8 +306,8 @@ def test_corrupt_exact_pixels_are_rejected():
 
 def test_unknown_major_version_is_named(model, s1_array):
     data = bytearray(small_file(model, s1_array))
-    data[4] = 5
-    with pytest.raises(FormatError, match=r"version 5\.2 .*reads 1\.x and 2\.x and 3\.x and 4\.x"):
+    data[4] = 6
+    with pytest.raises(FormatError, match=r"version 6\.0 .*reads 1\.x and 2\.x and 3\.x and 4\.x and 5\.x"):
         sarcodec.decode_array(bytes(data), model=model)
 
 
@@ -290,7 +329,7 @@ def test_format_2_and_3_files_decode_as_a_new_file_does(fixture, version, tmp_pa
             new_b = sarcodec.encode_array(ds.read()[:, :128, :160], 8, model=hp7)
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
-    assert r_old.version == version and r_new.version == (4, 2)
+    assert r_old.version == version and r_new.version == (5, 0)
     assert r_old.header == r_new.header
     assert [r_old.payload(i) for i in range(r_old.header.n_tiles)] == [r_new.payload(i) for i in range(r_new.header.n_tiles)]
     a, _ = sarcodec.decode_array(old_b)
@@ -382,15 +421,15 @@ def test_trimmed_final_word_decodes_to_the_same_symbols(model):
     assert sum(sizes) >= 8  # ~1.6 bytes a tile on average
 
 
-def test_small_tiles_are_trimmed_in_a_format_4_file(model, s1_array):
+def test_small_tiles_are_trimmed(model, s1_array):
     chip = sarcodec.encode_array(s1_array[0, :77, :77], 1, model=model)
     r = bitstream.Reader(io.BytesIO(chip), len(chip))
-    assert r.version == (4, 2) and r.payload(0)[0] & bitstream.FLAG_TRIMMED
+    assert r.version == (5, 0) and r.payload(0)[0] & bitstream.FLAG_TRIMMED
     rec, _ = sarcodec.decode_array(chip, model=model)
     assert rec.shape == (1, 77, 77)
     big = sarcodec.encode_array(s1_array[0, :512, :512], 8, model=model, tile=512)  # latent >> TRIM_MAX_BYTES
     r = bitstream.Reader(io.BytesIO(big), len(big))
-    assert r.version == (4, 2) and not r.payload(0)[0] & bitstream.FLAG_TRIMMED
+    assert r.version == (5, 0) and not r.payload(0)[0] & bitstream.FLAG_TRIMMED
 
 
 def test_trimmed_tile_in_a_2_x_file_is_rejected():

@@ -6,8 +6,8 @@ Outcomes are counted and printed (pytest -s shows them).
 from __future__ import annotations
 
 import collections
+import dataclasses
 import io
-import json
 import struct
 import time
 import zlib
@@ -25,15 +25,15 @@ CLEAN = (FormatError, InputError, DecodeError)
 
 
 def layout(data: bytes) -> dict:
-    """Where format 4's sections start: header, tile count, table, payloads."""
+    """Where format 4's and 5's sections start: header, tile count, table, payloads."""
     hlen, hstart = bitstream.read_varint(data, 6, "header length", bitstream.MAX_HEADER)
     n, tstart = bitstream.read_varint(data, hstart + hlen, "tile count", len(data))
     return {"hstart": hstart, "hlen": hlen, "tstart": tstart, "n": n, "data_start": tstart + 8 * n + 4}
 
 
-def header_json(data: bytes) -> bytes:
+def stored_header(data: bytes) -> bytes:
     lay = layout(data)
-    return bitstream.inflate_header(data[lay["hstart"] : lay["hstart"] + lay["hlen"]])
+    return data[lay["hstart"] : lay["hstart"] + lay["hlen"]]
 
 
 def entries(data: bytes) -> list[list[int]]:
@@ -48,10 +48,10 @@ def rebuilt(hj: bytes, table: list[list[int]], payload_bytes: bytes) -> bytes:
 
 
 def with_header(data: bytes, edit) -> bytes:
-    """Rewrite the JSON header (valid CRC)."""
-    h = json.loads(header_json(data))
-    edit(h)
-    return with_stored_header(data, bitstream.deflate_header(json.dumps(h).encode()))
+    """Rewrite the header's fields, a dict of ``Header``'s (stored unvalidated, valid CRC)."""
+    d = dataclasses.asdict(bitstream.Reader(io.BytesIO(data), len(data)).header)
+    edit(d)
+    return with_stored_header(data, bitstream.Header(**d).to_bytes())
 
 
 def with_stored_header(data: bytes, hj: bytes) -> bytes:
@@ -85,6 +85,11 @@ HEADER_EDITS = [
     lambda h: h.update(extra_field={"a": [1] * 100}), lambda h: h.update(tags=[]), lambda h: h.update(bands=2),
 ]
 
+# (byte position, value) in the base file's binary core (width 200 and height 150 in 2 bytes each, then
+# one byte each: bands, dtype, tile / 64, quality, model number, flags, nodata 0, the band mapping):
+# bands 0, dtype code 9, tile codes 0 and 200, quality 0, model number 99, unknown flags, domain code 3
+CORE_EDITS = [(4, 0), (5, 9), (6, 0), (6, 200), (7, 0), (8, 99), (9, 0x80), (11, 3)]
+
 
 def mutations(base: bytes, rng: np.random.Generator, count: int):
     lay = layout(base)
@@ -94,11 +99,18 @@ def mutations(base: bytes, rng: np.random.Generator, count: int):
         for d in (-1, 0, 1):
             if 0 <= b + d < len(base):
                 yield "truncate", base[: b + d]
-    yield "header", with_stored_header(base, bitstream.deflate_header(b"[1, 2"))
-    yield "header", with_stored_header(base, b"not deflate at all")
-    yield "header", with_stored_header(base, bitstream.deflate_header(b" " * (17 * 2**20)))  # inflation bomb
-    yield "header", with_stored_header(base, zlib.compress(b"{}"))  # a format-1 header in a format-4 file
-    yield "header", with_stored_header(base, bitstream.deflate_header(header_json(base), 2))  # format 2's dictionary
+    header = bitstream.Reader(io.BytesIO(base), len(base)).header
+    core, _ = bitstream.core_bytes(header)
+    assert core[:5] == bitstream.varint(200) + bitstream.varint(150) + b"\x01" and core[10] == 254  # CORE_EDITS' positions
+    for k in range(len(core)):  # the binary core cut short anywhere
+        yield "header", with_stored_header(base, core[:k])
+    for at, value in CORE_EDITS:
+        yield "header", with_stored_header(base, core[:at] + bytes([value]) + core[at + 1 :])
+    yield "header", with_stored_header(base, core + b"not deflate at all")
+    yield "header", with_stored_header(base, core + bitstream.deflate_header(b"[1, 2"))
+    yield "header", with_stored_header(base, core + bitstream.deflate_header(b" " * (17 * 2**20)))  # inflation bomb
+    yield "header", with_stored_header(base, core + zlib.compress(b"{}"))  # a format-1 header's zlib stream
+    yield "header", with_stored_header(base, bitstream.deflate_header(stored_header(base)))  # a format-4 header
     for edit in HEADER_EDITS:
         try:
             yield "header", with_header(base, edit)
