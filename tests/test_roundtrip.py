@@ -8,7 +8,7 @@ import pytest
 import rasterio
 
 import sarcodec
-from sarcodec import metrics
+from sarcodec import codec, metrics
 from sarcodec.io import InputError
 
 from .conftest import EVAL, need
@@ -247,3 +247,18 @@ def test_odd_sizes_through_files(shape, tmp_path, s1_file, model):
     e, a, b, va, vb = roundtrip_file(src, tmp_path, 8, model=model)
     assert_same_metadata(a, b)
     assert vb.shape == va.shape
+
+
+def test_padding_beyond_the_image_repeats_the_local_mean():
+    # a chip whose size is not a multiple of the stride is extended for the analysis; the new rows and
+    # columns carry the 5 x 5 mean along the edge, not the edge's speckle repeated as stripes
+    rng = np.random.default_rng(5)
+    u = (0.5 + 0.1 * np.log(rng.gamma(1.0, 1.0, (37, 45)))).astype(np.float32)
+    out = codec._pad_to(u, 48, 64)
+    assert out.dtype == np.float32 and np.array_equal(out[:37, :45], u)
+    assert (out[37:, :45] == out[37, :45]).all() and (out[:37, 45:] == out[:37, 45:46]).all()
+    assert (out[37:, 45:] == out[37, 44]).all()
+    assert out[40, :45].std() < 0.4 * u[-1].std() and out[:37, 50].std() < 0.4 * u[:, -1].std()
+    rows = u[34:37, 8:13].astype(np.float64)  # column 10's neighbourhood, the last row counted 3 times (edge)
+    assert out[40, 10] == pytest.approx((rows.sum() + 2 * rows[-1].sum()) / 25, rel=1e-6)
+    assert codec._pad_to(u, 37, 45) is u
