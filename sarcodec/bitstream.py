@@ -137,15 +137,6 @@ HEADER_DICT_4 = HEADER_DICT + b"".join([
 ])
 
 
-# Shipped models that HEADER_DICT_4 does not know (model name -> id).  A format-4.1 header names
-# these by name alone and the reader takes the id from here: ~4 deflated bytes instead of the ~17
-# that a 16-digit id the dictionary has never seen costs.  Append only; tests/test_format.py pins it.
-MODELS = {
-    "sarcodec-hp7s3": "8bc0a66834b2485f",
-    "sarcodec-hp7s4": "33165a8f996df7b5",
-}
-
-
 # Every shipped model (name, id) in the order of release: a format-5 header names its model by its
 # position here plus 1, in one byte (0: name and id follow in full).  Append only; tests pin it.
 MODEL_TABLE = (
@@ -157,6 +148,11 @@ MODEL_TABLE = (
     ("sarcodec-hp7s4", "33165a8f996df7b5"),
 )
 MODEL_INDEX = {m: i + 1 for i, m in enumerate(MODEL_TABLE)}
+
+# The shipped models that HEADER_DICT_4 does not know (those after hp7s2; model name -> id).  A
+# format-4.1 header names these by name alone and the reader takes the id from here: ~4 deflated
+# bytes instead of the ~17 that a 16-digit id the dictionary has never seen costs.
+MODELS = dict(MODEL_TABLE[MODEL_INDEX[("sarcodec-hp7s2", "9f7c575ec8063de5")] :])
 
 # Format 5's binary core: flags, band mapping bits, the fields it leaves to the JSON part.
 CORE_NODATA, CORE_TRANSFORM, CORE_EPSG = 1, 2, 4
@@ -399,23 +395,26 @@ def core_bytes(h: Header) -> tuple[bytes, bool]:
     return b"".join(out), epsg is not None
 
 
+def _read_byte(buf: bytes, pos: int, what: str) -> tuple[int, int]:
+    if pos >= len(buf):
+        raise FormatError(f"truncated header ({what})")
+    return buf[pos], pos + 1
+
+
 def read_core(buf: bytes) -> tuple[dict, int]:
     """Inverse of ``core_bytes``: (the fields it holds, position after it); FormatError if invalid."""
     d: dict = {}
     pos = 0
     for k, limit in (("width", MAX_DIM), ("height", MAX_DIM), ("bands", MAX_BANDS)):
         d[k], pos = read_varint(buf, pos, f"header {k}", limit)
-    if pos + 1 > len(buf):
-        raise FormatError("truncated header (dtype)")
-    if buf[pos] >= len(DTYPES):
-        raise FormatError(f"header dtype code {buf[pos]} unknown")
-    d["dtype"] = DTYPES[buf[pos]]
-    tile, pos = read_varint(buf, pos + 1, "header tile size", 128)
+    dtype, pos = _read_byte(buf, pos, "dtype")
+    if dtype >= len(DTYPES):
+        raise FormatError(f"header dtype code {dtype} unknown")
+    d["dtype"] = DTYPES[dtype]
+    tile, pos = read_varint(buf, pos, "header tile size", 128)
     d["tile"] = 64 * tile
-    if pos + 1 > len(buf):
-        raise FormatError("truncated header (quality)")
-    d["quality"] = buf[pos]
-    model, pos = read_varint(buf, pos + 1, "header model number", 2**20)
+    d["quality"], pos = _read_byte(buf, pos, "quality")
+    model, pos = read_varint(buf, pos, "header model number", 2**20)
     if model > len(MODEL_TABLE):
         raise FormatError(f"header names model number {model}, which this sarcodec does not know (a newer sarcodec "
                           "wrote the file)")
@@ -430,9 +429,7 @@ def read_core(buf: bytes) -> tuple[dict, int]:
         except UnicodeDecodeError:
             raise FormatError("header model name is not UTF-8") from None
         d["model_id"], pos = buf[pos + n : pos + n + 8].hex(), pos + n + 8
-    if pos + 1 > len(buf):
-        raise FormatError("truncated header (flags)")
-    flags, pos = buf[pos], pos + 1
+    flags, pos = _read_byte(buf, pos, "flags")
     if flags & ~(CORE_NODATA | CORE_TRANSFORM | CORE_EPSG):
         raise FormatError("unknown header flags")
     if flags & CORE_NODATA:
@@ -447,9 +444,7 @@ def read_core(buf: bytes) -> tuple[dict, int]:
             d["transform"].append(v)
     d["mappings"] = []
     for _ in range(d["bands"]):
-        if pos + 1 > len(buf):
-            raise FormatError("truncated header (band mapping)")
-        bits, pos = buf[pos], pos + 1
+        bits, pos = _read_byte(buf, pos, "band mapping")
         if bits & ~(3 | MAP_FACTOR20 | MAP_FACTOR | MAP_FLOOR) or (bits & 3) >= len(DOMAINS) or bits & MAP_FACTOR20 and bits & MAP_FACTOR:
             raise FormatError("header band mapping malformed")
         m = {"domain": DOMAINS[bits & 3]}

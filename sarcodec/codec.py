@@ -163,7 +163,7 @@ def _box5(a: np.ndarray) -> np.ndarray:
     return (c[5:, 5:] - c[:-5, 5:] - c[5:, :-5] + c[:-5, :-5]) / 25.0
 
 
-def _pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
+def pad_to(a: np.ndarray, h: int, w: int) -> np.ndarray:
     """``a`` extended at the bottom and right to (h, w) for the analysis (the decoder crops it away):
     the first 2 new rows/columns repeat the edge pixels, the ones beyond the 5 x 5 local mean along
     the edge.  Edge pixels repeated all the way make stripes of speckle that cost bits; the local mean
@@ -286,7 +286,7 @@ class Encoder:
             return bitstream.pack_tile(b"", mask, empty=True), 0.0, 0, 0
         wide = normalised(raw, cls == CLASS_VALID, mapping)  # one pass for both: exact pixels first, then
         exact = exact_pixels(raw[in_tile], tile_cls, wide[in_tile])  # model_input limits it in place
-        u = _pad_to(model_input(raw, cls, mapping, wide), wr1 - wr0, wc1 - wc0)
+        u = pad_to(model_input(raw, cls, mapping, wide), wr1 - wr0, wc1 - wc0)
         y = self.model.analysis(u, self.quality)
         y = y[:, l0 - wr0 // s : l1 - wr0 // s, k0 - wc0 // s : k1 - wc0 // s]
         h, w = y.shape[-2:]

@@ -52,7 +52,7 @@ import numpy as np
 import torch
 
 from . import metrics
-from .codec import _pad_to
+from .codec import pad_to
 from .model import ModelConfig, SarCodecModel
 from .parallel import fork_available, sigint_blocked, usable_cores
 from .preprocess import fit_mapping
@@ -160,14 +160,14 @@ def random_sample(img: np.ndarray, crop: int, rng: np.random.Generator, full_ran
 
 
 def partial_block(v: np.ndarray, block: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Replace the last 1..block-1 rows and/or columns of ``v`` by the encoder's padding (``codec._pad_to``);
+    """Replace the last 1..block-1 rows and/or columns of ``v`` by the encoder's padding (``codec.pad_to``);
     returns (image, mask of real pixels)."""
     h, w = v.shape
     mask = np.ones((h, w), np.float32)
     cut_r, cut_c = [int(rng.integers(1, block)) if rng.random() < 0.7 else 0 for _ in range(2)]
     if not cut_r and not cut_c:
         cut_c = int(rng.integers(1, block))
-    v = _pad_to(v[: h - cut_r, : w - cut_c], h, w)
+    v = pad_to(v[: h - cut_r, : w - cut_c], h, w)
     mask[h - cut_r :] = 0
     mask[:, w - cut_c :] = 0
     return v, mask

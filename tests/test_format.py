@@ -206,7 +206,7 @@ def test_shipped_models_are_named_by_number(s1_array, monkeypatch):
 
 def edge_padded(a: np.ndarray, h: int, w: int) -> np.ndarray:
     """How the encoders that wrote the fixtures below extended a chip whose size is not a multiple
-    of the stride (sarcodec 0.1 after format 5 repeats the local mean instead, see codec._pad_to)."""
+    of the stride (sarcodec 0.1 after format 5 repeats the local mean instead, see codec.pad_to)."""
     return np.pad(a, ((0, h - a.shape[0]), (0, w - a.shape[1])), mode="edge")
 
 
@@ -219,7 +219,7 @@ def test_format_1_1_file_still_decodes(tmp_path, monkeypatch):
     old = Path(__file__).parent / "data" / "format-1.1-opensarship-q3.sarc"
     src = need(EVAL / "float" / "opensarship-grd-dn-cargo_x11505_y10248.tif")
     new = tmp_path / "new.sarc"
-    monkeypatch.setattr(codec, "_pad_to", edge_padded)  # the 53 x 53 chip is extended to 64 x 64
+    monkeypatch.setattr(codec, "pad_to", edge_padded)  # the 53 x 53 chip is extended to 64 x 64
     sarcodec.encode_file(src, new, quality=3, model=sarcodec.load_model(bundled_path("sarcodec-hp3")))
     assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "5.0"
     old_b, new_b = old.read_bytes(), new.read_bytes()
@@ -327,7 +327,7 @@ def test_format_2_and_3_files_decode_as_a_new_file_does(fixture, version, tmp_pa
     hp7 = sarcodec.load_model(bundled_path("sarcodec-hp7"))
     if version == (3, 0):
         src = need(EVAL / "float" / "opensarship-grd-dn-cargo_x11505_y10248.tif")
-        monkeypatch.setattr(codec, "_pad_to", edge_padded)
+        monkeypatch.setattr(codec, "pad_to", edge_padded)
         sarcodec.encode_file(src, tmp_path / "new.sarc", quality=3, model=hp7)
         new_b = (tmp_path / "new.sarc").read_bytes()
     else:

@@ -254,7 +254,7 @@ def test_padding_beyond_the_image_repeats_the_local_mean():
     # of its edge pixels, then the 5 x 5 mean along the edge, not the edge's speckle repeated as stripes
     rng = np.random.default_rng(5)
     u = (0.5 + 0.1 * np.log(rng.gamma(1.0, 1.0, (37, 45)))).astype(np.float32)
-    out = codec._pad_to(u, 48, 64)
+    out = codec.pad_to(u, 48, 64)
     assert out.dtype == np.float32 and np.array_equal(out[:37, :45], u)
     assert (out[37:39, :45] == u[-1]).all() and (out[:37, 45:47] == u[:, -1:]).all() and (out[37:39, 45:47] == u[-1, -1]).all()
     assert (out[39:, :45] == out[39, :45]).all() and (out[:37, 47:] == out[:37, 47:48]).all()
@@ -262,4 +262,4 @@ def test_padding_beyond_the_image_repeats_the_local_mean():
     assert out[40, :45].std() < 0.4 * u[-1].std() and out[:37, 50].std() < 0.4 * u[:, -1].std()
     rows = u[34:37, 8:13].astype(np.float64)  # column 10's neighbourhood, the last row counted 3 times (edge)
     assert out[40, 10] == pytest.approx((rows.sum() + 2 * rows[-1].sum()) / 25, rel=1e-6)
-    assert codec._pad_to(u, 37, 45) is u
+    assert codec.pad_to(u, 37, 45) is u

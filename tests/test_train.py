@@ -247,7 +247,7 @@ def test_partial_block_pads_like_the_encoder_and_masks_the_padding():
         assert 48 < rows <= 64 and 32 < cols <= 48 and (rows, cols) != (64, 48)
         assert mask.sum() == rows * cols and mask[:rows, :cols].all()
         assert np.array_equal(x[:rows, :cols], v[:rows, :cols])
-        assert np.array_equal(x, codec._pad_to(v[:rows, :cols], 64, 48))
+        assert np.array_equal(x, codec.pad_to(v[:rows, :cols], 64, 48))
         cuts.add((rows < 64, cols < 48))
     assert cuts == {(True, False), (False, True), (True, True)}
 
