@@ -1,22 +1,26 @@
-"""The ``.sarc`` container, version 5 (reads 1.x-4.x too): written and read only here.
+"""The ``.sarc`` container, version 6 (reads 1.x-5.x too): written and read only here.
 
-Byte layout of format 5 (integers little-endian; "varint" is unsigned LEB128, 7 bits a byte, low
+Byte layout of format 6 (integers little-endian; "varint" is unsigned LEB128, 7 bits a byte, low
 group first, in its shortest form)::
 
     offset      size   field
     0           4      magic  b"SARC"
-    4           1      major format version (5); readers refuse majors they do not know
+    4           1      major format version (6); readers refuse majors they do not know
     5           1      minor format version (0); additive changes only
     6           varint L = header length in bytes (at most 16 MiB)
     .           L      header: the binary core below, then (if anything is left of the L bytes) the
                        other fields of ``Header`` as a UTF-8 JSON object (at most 16 MiB inflated)
                        in a raw DEFLATE stream (RFC 1951) with the preset dictionary ``HEADER_DICT_4``
-    .           varint N = number of tile records = bands * tiles_y * tiles_x
-    .           8*N    tile table, one record per band-tile in order (band, tile row, tile col):
-                         u32 payload length in bytes
+    .           8*N-4  tile table, one record per band-tile in order (band, tile row, tile col),
+                       N = bands * tiles_y * tiles_x as the header gives them:
+                         u32 payload length in bytes (not in the last record: the last payload
+                             runs to the end of the file)
                          u32 CRC-32 of the payload
     .           4      CRC-32 of every byte before it (magic to the end of the table)
     .           ...    tile payloads, back to back in table order; the file ends with the last one
+
+A reader checks the last payload's CRC when it opens the file, so a truncated file, or one with
+bytes appended, is refused before any tile is used.
 
 The header's binary core ("number": a float stored bit-exactly by ``number_bytes``: one tag byte t,
 then for t < 254 a zigzag varint m and the value is m * 10**(t - 127), the float's shortest decimal
@@ -27,25 +31,28 @@ form; t = 254 is 0.0; t = 255 is followed by the float64)::
     varint tile size / 64
     u8     quality
     varint model: k > 0 is MODEL_TABLE[k - 1]; 0: varint length, UTF-8 name, 8-byte id follow
-    u8     flags: 1 nodata, 2 transform, 4 CRS as an EPSG code
+    u8     flags: 1 nodata, 2 transform, 4 CRS as an EPSG code, 8 encoder version (format 6)
     [number nodata] [varint EPSG code] [6 numbers: the affine transform a, b, c, d, e, f]
     per band, its mapping (``sarcodec.preprocess.BandMapping``): u8 bits 0-1 domain (``DOMAINS``),
            bit 2 factor 20, bit 3 factor follows (else 10), bit 4 floor follows (else 0);
            numbers lo, hi, [factor], [floor]
+    [3 varints: the encoder "sarcodec X.Y.Z" as X, Y, Z]
 
 The JSON part holds what the core does not (``EXTRA_FIELDS``: a CRS that is not a plain EPSG code, GCPs,
-band descriptions, units, tags, scales and offsets, the encoder's version) and leaves out fields at
-their default value.  For the small chips of SAR machine-learning datasets this matters: everything
-but the coded data of a georeferenced 256 x 256 float32 CNNSpeckleFilter chip is 96 bytes in format 5
-(header 75, of which 38 are its affine transform), 107 in format 4 (header 86), 127 in format 3; the
-header of the same chip without georeferencing is 27 bytes in format 5, 40 in format 4.
+band descriptions, units, tags, scales and offsets, an encoder version of another form) and leaves
+out fields at their default value.  For the small chips of SAR machine-learning datasets this matters:
+everything but the coded data of a georeferenced 256 x 256 float32 CNNSpeckleFilter chip is 88 bytes
+in format 6 (header 72, of which 38 are its affine transform), 96 in format 5 (header 75), 107 in
+format 4 (header 86), 127 in format 3; the header of the same chip without georeferencing is 24 bytes
+in format 6, 27 in format 5, 40 in format 4.
 
 Formats 1-4 (still read): 1.0 first release; 1.1 header fields at their default value may be left
 out; 2.0 header deflated with the preset dictionary ``HEADER_DICT``; 3.0 tile flag 4, a trimmed
 final range-coder word; 4.0 the layout above, 20 bytes less for a one-tile file, with the whole
 header as deflated JSON (``HEADER_DICT_4``, which knows the newer models, ~16 bytes less); 4.1 the
 float64 dtype, and models shipped after 4.0 named without their id, see ``MODELS``; 4.2 tile flag 8,
-exact pixels.  Formats 1-3 have a fixed 16-byte prelude -- magic, major, minor, u16 reserved, u32 L,
+exact pixels; 5.0 the binary header core (without flag 8, the encoder version in the JSON part) and,
+before the tile table, varint N, with a length in every record, the last too.  Formats 1-3 have a fixed 16-byte prelude -- magic, major, minor, u16 reserved, u32 L,
 u32 CRC-32 of the header -- then the header (1.x: a zlib stream; 2.x and 3.x: raw DEFLATE with
 ``HEADER_DICT``), u32 N, N records of u64 payload offset from the start of the file, u32 length and
 u32 CRC-32, and a CRC-32 of the count and the records; the payloads are the same in every format, at
@@ -86,9 +93,9 @@ import zlib
 from dataclasses import asdict, dataclass, field
 
 MAGIC = b"SARC"
-MAJOR = 5  # the version this writes
-MINOR = 0  # additive changes only: an older 5.x reader refuses only files that use them
-READS = (1, 2, 3, 4, 5)  # majors this reader understands
+MAJOR = 6  # the version this writes
+MINOR = 0  # additive changes only: an older 6.x reader refuses only files that use them
+READS = (1, 2, 3, 4, 5, 6)  # majors this reader understands
 MAX_HEADER = 16 * 2**20
 MAX_DIM = 2**24
 MAX_BANDS = 4096
@@ -155,7 +162,7 @@ MODEL_INDEX = {m: i + 1 for i, m in enumerate(MODEL_TABLE)}
 MODELS = dict(MODEL_TABLE[MODEL_INDEX[("sarcodec-hp7s2", "9f7c575ec8063de5")] :])
 
 # Format 5's binary core: flags, band mapping bits, the fields it leaves to the JSON part.
-CORE_NODATA, CORE_TRANSFORM, CORE_EPSG = 1, 2, 4
+CORE_NODATA, CORE_TRANSFORM, CORE_EPSG, CORE_ENCODER = 1, 2, 4, 8
 DOMAINS = ("identity", "log", "db")  # mapping bits 0-1
 MAP_FACTOR20, MAP_FACTOR, MAP_FLOOR = 4, 8, 16
 NUMBER_MAX = 2**49  # zigzag mantissas from here on: the float64 is as short
@@ -239,8 +246,8 @@ class Header(TileLayout):
         major = MAJOR if major is None else major
         d = self.stored_fields()
         if major >= 5:
-            core, epsg = core_bytes(self)
-            extras = {k: v for k, v in d.items() if k in EXTRA_FIELDS and not (k == "crs" and epsg)}
+            core, held = core_bytes(self, major)
+            extras = {k: v for k, v in d.items() if k in EXTRA_FIELDS and k not in held}
             return core + (deflate_header(json_bytes(extras), major) if extras else b"")
         if MODELS.get(self.model_name) == self.model_id:
             del d["model_id"]
@@ -249,7 +256,7 @@ class Header(TileLayout):
     @classmethod
     def from_bytes(cls, stored: bytes, major: int = MAJOR) -> "Header":
         if major >= 5:
-            d, pos = read_core(stored)
+            d, pos = read_core(stored, major)
             extras = json_object(inflate_header(stored[pos:], major)) if pos < len(stored) else {}
             d.update((k, v) for k, v in extras.items() if k in EXTRA_FIELDS and k not in d)
         else:
@@ -364,8 +371,18 @@ def _epsg(crs: str | None) -> int | None:
     return None
 
 
-def core_bytes(h: Header) -> tuple[bytes, bool]:
-    """Format 5's binary core of ``h`` (see the module docstring), and whether it holds the CRS."""
+def _encoder_version(encoder: str) -> tuple[int, int, int] | None:
+    """(X, Y, Z) of "sarcodec X.Y.Z" (plain decimal numbers), else None."""
+    parts = encoder.removeprefix("sarcodec ").split(".") if encoder.startswith("sarcodec ") else []
+    if len(parts) != 3 or not all(p.isdigit() and p.isascii() and p == str(int(p)) and int(p) < 2**20 for p in parts):
+        return None
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def core_bytes(h: Header, major: int | None = None) -> tuple[bytes, set[str]]:
+    """The binary core of ``h`` as format ``major`` (5 or 6; default: the one this writes) stores it
+    (see the module docstring), and the fields of ``EXTRA_FIELDS`` it holds."""
+    major = MAJOR if major is None else major
     if h.tile % 64 or h.dtype not in DTYPES:
         raise ValueError("header tile size or dtype cannot be stored")
     model = MODEL_INDEX.get((h.model_name, h.model_id), 0)
@@ -375,8 +392,9 @@ def core_bytes(h: Header) -> tuple[bytes, bool]:
         name = h.model_name.encode()
         out += [varint(len(name)), name, bytes.fromhex(h.model_id)]
     epsg = _epsg(h.crs)
+    version = _encoder_version(h.encoder) if major >= 6 else None
     out.append(bytes([(CORE_NODATA if h.nodata is not None else 0) | (CORE_TRANSFORM if h.transform is not None else 0)
-                      | (CORE_EPSG if epsg is not None else 0)]))
+                      | (CORE_EPSG if epsg is not None else 0) | (CORE_ENCODER if version is not None else 0)]))
     if h.nodata is not None:
         out.append(number_bytes(h.nodata))
     if epsg is not None:
@@ -392,7 +410,9 @@ def core_bytes(h: Header) -> tuple[bytes, bool]:
         out += [number_bytes(m["lo"]), number_bytes(m["hi"])]
         out += [number_bytes(factor)] if factor not in (10.0, 20.0) else []
         out += [number_bytes(floor)] if floor != 0.0 else []
-    return b"".join(out), epsg is not None
+    if version is not None:
+        out += [varint(v) for v in version]
+    return b"".join(out), {k for k, held in (("crs", epsg is not None), ("encoder", version is not None)) if held}
 
 
 def _read_byte(buf: bytes, pos: int, what: str) -> tuple[int, int]:
@@ -401,7 +421,7 @@ def _read_byte(buf: bytes, pos: int, what: str) -> tuple[int, int]:
     return buf[pos], pos + 1
 
 
-def read_core(buf: bytes) -> tuple[dict, int]:
+def read_core(buf: bytes, major: int = MAJOR) -> tuple[dict, int]:
     """Inverse of ``core_bytes``: (the fields it holds, position after it); FormatError if invalid."""
     d: dict = {}
     pos = 0
@@ -430,7 +450,7 @@ def read_core(buf: bytes) -> tuple[dict, int]:
             raise FormatError("header model name is not UTF-8") from None
         d["model_id"], pos = buf[pos + n : pos + n + 8].hex(), pos + n + 8
     flags, pos = _read_byte(buf, pos, "flags")
-    if flags & ~(CORE_NODATA | CORE_TRANSFORM | CORE_EPSG):
+    if flags & ~(CORE_NODATA | CORE_TRANSFORM | CORE_EPSG | (CORE_ENCODER if major >= 6 else 0)):
         raise FormatError("unknown header flags")
     if flags & CORE_NODATA:
         d["nodata"], pos = read_number(buf, pos, "nodata")
@@ -457,6 +477,12 @@ def read_core(buf: bytes) -> tuple[dict, int]:
         if bits & MAP_FLOOR:
             m["floor"], pos = read_number(buf, pos, "band mapping")
         d["mappings"].append(m)
+    if flags & CORE_ENCODER:
+        version = []
+        for _ in range(3):
+            v, pos = read_varint(buf, pos, "header encoder version", 2**20 - 1)
+            version.append(v)
+        d["encoder"] = "sarcodec " + ".".join(map(str, version))
     return d, pos
 
 
@@ -494,16 +520,23 @@ def read_varint(buf: bytes, pos: int, what: str, limit: int, width: int = 5) -> 
 
 
 def head_bytes(hj: bytes, n_tiles: int) -> bytes:
-    """Format 4 up to the tile table: magic, version, header length, header, record count."""
+    """Formats 4-6 up to the tile table: magic, version, header length, header (4 and 5: record count)."""
     if len(hj) > MAX_HEADER:
         raise FormatError("header too large")
-    return MAGIC + bytes([MAJOR, MINOR]) + varint(len(hj)) + hj + varint(n_tiles)
+    return MAGIC + bytes([MAJOR, MINOR]) + varint(len(hj)) + hj + (varint(n_tiles) if MAJOR < 6 else b"")
 
 
 def table_bytes(head: bytes, entries: list[TileEntry]) -> bytes:
-    """Format 4's tile table and the CRC-32 that closes it (over ``head`` and the table)."""
+    """The tile table of formats 4-6 and the CRC-32 that closes it (over ``head`` and the table)."""
     body = b"".join(struct.pack("<II", e.length, e.crc) for e in entries)
+    if MAJOR >= 6:  # the last payload's length is the rest of the file
+        body = body[: -8] + body[-4:]
     return body + struct.pack("<I", zlib.crc32(body, zlib.crc32(head)))
+
+
+def table_size(n_tiles: int) -> int:
+    """Bytes of ``table_bytes`` for ``n_tiles`` records."""
+    return 8 * n_tiles + (0 if MAJOR >= 6 else 4)
 
 
 def pack(header: Header, payloads: list[bytes]) -> bytes:
@@ -533,28 +566,45 @@ class Reader:
             self.header, self.entries = self._layout_1_3(major)
 
     def _layout_4(self) -> tuple[Header, list[TileEntry]]:
+        """Formats 4-6: varint header length, header, (4, 5: varint record count,) table, its CRC."""
+        major = self.version[0]
         first = self._read(0, min(self.size, 6 + 5), "file header")
         hlen, pos = read_varint(first, 6, "header length", MAX_HEADER)
         if pos + hlen > self.size:
             raise FormatError("truncated file (header)")
         head = self._read(0, min(self.size, pos + hlen + 5), "header")
         hj = head[pos : pos + hlen]
-        n, tstart = read_varint(head, pos + hlen, "tile count", (self.size - pos - hlen) // 8)
-        table = self._read(tstart, 8 * n + 4, "tile table")
-        if zlib.crc32(table[:-4], zlib.crc32(head[:tstart])) != struct.unpack_from("<I", table, 8 * n)[0]:
+        if major >= 6:  # the header gives the record count; it is checked by the CRC below
+            header = Header.from_bytes(hj, major)
+            n, tstart, tlen = header.n_tiles, pos + hlen, 8 * header.n_tiles
+            if tstart + tlen > self.size:
+                raise FormatError("truncated file (tile table)")
+        else:
+            n, tstart = read_varint(head, pos + hlen, "tile count", (self.size - pos - hlen) // 8)
+            tlen = 8 * n + 4
+        table = self._read(tstart, tlen, "tile table")
+        if zlib.crc32(table[:-4], zlib.crc32(head[:tstart])) != struct.unpack_from("<I", table, tlen - 4)[0]:
             raise FormatError("header or tile table checksum mismatch (file corrupt)")
-        header = Header.from_bytes(hj, self.version[0])
-        if n != header.n_tiles:
-            raise FormatError(f"tile table has {n} entries, header implies {header.n_tiles}")
-        entries, off = [], tstart + 8 * n + 4
+        if major < 6:
+            header = Header.from_bytes(hj, major)
+            if n != header.n_tiles:
+                raise FormatError(f"tile table has {n} entries, header implies {header.n_tiles}")
+        entries, off = [], tstart + tlen
         for i in range(n):
-            length, crc = struct.unpack_from("<II", table, 8 * i)
+            if major >= 6 and i == n - 1:
+                length, (crc,) = self.size - off, struct.unpack_from("<I", table, 8 * i)
+                if length <= 0:
+                    raise FormatError(f"truncated file (its tiles before the last end at byte {off}, the file has {self.size})")
+            else:
+                length, crc = struct.unpack_from("<II", table, 8 * i)
             entries.append(TileEntry(off, length, crc))
             off += length
         if off > self.size:
             raise FormatError(f"truncated file (its tiles end at byte {off}, the file has {self.size})")
         if off < self.size:
             raise FormatError(f"{self.size - off} bytes after the last tile (file corrupt)")
+        if major >= 6 and zlib.crc32(self._read(entries[-1].offset, entries[-1].length, "last tile")) != entries[-1].crc:
+            raise FormatError("truncated file, bytes after the last tile or last tile corrupt (its checksum does not match)")
         return header, entries
 
     def _layout_1_3(self, major: int) -> tuple[Header, list[TileEntry]]:
@@ -611,8 +661,8 @@ class Reader:
 
 
 class Writer:
-    """Streams a format-4 ``.sarc`` file: header, a reserved tile table, the payloads in table order,
-    then the table and its CRC."""
+    """Streams a ``.sarc`` file: header, a reserved tile table, the payloads in table order, then the
+    table and its CRC."""
 
     def __init__(self, f, header: Header) -> None:
         self.f = f
@@ -621,7 +671,7 @@ class Writer:
         self.table_at = f.tell()
         self.entries: list[TileEntry] = []
         self.n = header.n_tiles
-        f.write(b"\0" * (8 * self.n + 4))
+        f.write(b"\0" * table_size(self.n))
 
     def add(self, index: int, payload: bytes) -> None:
         if index != len(self.entries):

@@ -28,7 +28,7 @@ def small_file(model, s1_array) -> bytes:
     return sarcodec.encode_array(s1_array[0, :200, :330], 4, tile=128, model=model)
 
 
-@pytest.mark.parametrize("major", [4, 5])
+@pytest.mark.parametrize("major", [4, 5, 6])
 def test_header_roundtrip_exact_floats(major):
     h = Header(width=3, height=2, bands=2, dtype="float32", tile=64, quality=2, model_id="0123456789abcdef", model_name="m",
                mappings=[{"domain": "log", "lo": -23.123456789012345, "hi": 0.1 + 0.2, "floor": 1e-7},
@@ -41,6 +41,23 @@ def test_header_roundtrip_exact_floats(major):
     h3 = dataclasses.replace(h, mappings=[{"domain": "db", "lo": -30.0, "hi": 5e-324}] * 2, nodata=-99.0, crs="WKT text",
                              transform=None, model_name="sarcodec-hp7", model_id="98b41c1a6075dcd6")
     assert Header.from_bytes(h3.to_bytes(major), major) == h3
+
+
+@pytest.mark.parametrize("encoder, in_core", [("sarcodec 0.1.0", True), ("sarcodec 12.0.345", True), ("sarcodec 0.1", False),
+                                               ("sarcodec 0.1.0rc1", False), ("sarcodec 01.1.0", False), ("gdal 3.9.0", False),
+                                               ("sarcodec 0.1.٣", False), ("", False)])
+def test_encoder_version_is_stored_in_binary_when_it_can_be(encoder, in_core):
+    # format 6 stores "sarcodec X.Y.Z" as 3 varints in the header's core; any other text stays in its JSON part
+    h = Header(width=3, height=2, bands=1, dtype="uint8", tile=64, quality=2, model_id="98b41c1a6075dcd6", model_name="sarcodec-hp7",
+               mappings=[{"domain": "identity", "lo": 0.0, "hi": 255.0}], encoder=encoder)
+    stored = h.to_bytes()
+    core, held = bitstream.core_bytes(h)
+    assert Header.from_bytes(stored, 6) == h and Header.from_bytes(h.to_bytes(5), 5) == h
+    assert (held == {"encoder"}) == in_core and (stored == core) == (in_core or not encoder)
+    if in_core:
+        assert core[7] == bitstream.CORE_ENCODER and len(stored) < len(h.to_bytes(5)) - 2
+        with pytest.raises(FormatError, match="unknown header flags"):  # format 5 has no such flag
+            Header.from_bytes(stored, 5)
 
 
 def test_format_5_header_is_smaller(tmp_path):
@@ -152,7 +169,7 @@ def test_reader_rejects_truncation_at_every_boundary(model, s1_array):
     for cut in cuts:
         with pytest.raises(FormatError, match="truncated|out of range"):
             sarcodec.decode_array(data[:cut], model=model)
-    with pytest.raises(FormatError, match="1 bytes after the last tile"):
+    with pytest.raises(FormatError, match="bytes after the last tile"):
         sarcodec.decode_array(data + b"\0", model=model)
 
 
@@ -189,7 +206,7 @@ def test_shipped_models_are_named_by_number(s1_array, monkeypatch):
     m = sarcodec.load_model(bundled_path("sarcodec-hp7s3"))
     data = sarcodec.encode_array(s1_array[0, :96, :96], 2, model=m)
     r = bitstream.Reader(io.BytesIO(data), len(data))
-    assert r.header.model_id == m.model_id and r.version == (5, 0) and b"hp7s3" not in stored_header(data)
+    assert r.header.model_id == m.model_id and r.version == (6, 0) and b"hp7s3" not in stored_header(data)
     assert stored_header(data)[6] == bitstream.MODEL_INDEX[(m.name, m.model_id)] == 15
     assert sarcodec.decode_array(data)[0].shape == (1, 96, 96)
     mine = dataclasses.replace(r.header, model_name="mine", model_id="0123456789abcdef")  # not shipped: named in full
@@ -221,7 +238,7 @@ def test_format_1_1_file_still_decodes(tmp_path, monkeypatch):
     new = tmp_path / "new.sarc"
     monkeypatch.setattr(codec, "pad_to", edge_padded)  # the 53 x 53 chip is extended to 64 x 64
     sarcodec.encode_file(src, new, quality=3, model=sarcodec.load_model(bundled_path("sarcodec-hp3")))
-    assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "5.0"
+    assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "6.0"
     old_b, new_b = old.read_bytes(), new.read_bytes()
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
@@ -246,7 +263,7 @@ def test_format_4_files_decode_as_a_new_file_does(model, s1_array, monkeypatch):
     new_b = sarcodec.encode_array(sea_with_ship("uint16")[0], 2, model=sarcodec.load_model(bundled_path("sarcodec-hp7s4")), tile=128)
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
-    assert r_old.version == (4, 2) and r_new.version == (5, 0) and r_old.header == r_new.header
+    assert r_old.version == (4, 2) and r_new.version == (6, 0) and r_old.header == r_new.header
     assert [r_old.payload(i) for i in range(6)] == [r_new.payload(i) for i in range(6)]
     assert r_old.payload(1)[0] & bitstream.FLAG_EXACT
     assert np.array_equal(sarcodec.decode_array(old_b)[0], sarcodec.decode_array(new_b)[0])
@@ -257,6 +274,34 @@ def test_format_4_files_decode_as_a_new_file_does(model, s1_array, monkeypatch):
     old = small_file(model, s1_array)
     assert bitstream.Reader(io.BytesIO(old), len(old)).version == (4, 0)
     assert np.array_equal(sarcodec.decode_array(old, model=model)[0], sarcodec.decode_array(new, model=model)[0])
+
+
+def test_format_5_file_decodes_as_a_new_file_does(tmp_path):
+    # Format 6 changed only the layout around the header and the payloads (no tile count, no length
+    # in the last record) and stores the encoder version in binary. The fixture was written by
+    # sarcodec 0.1 in format 5.0 (hp7s4, q2, 128 x 128 tiles) from this GeoTIFF: conftest's uint16
+    # sea with a ship, UTM 31N at 10 m, band description "VV".
+    import rasterio
+    from rasterio.transform import Affine
+
+    old_b = (Path(__file__).parent / "data" / "format-5.0-sea-ship-geo-q2.sarc").read_bytes()
+    a, _ = sea_with_ship("uint16")
+    src = tmp_path / "sea.tif"
+    with rasterio.open(src, "w", driver="GTiff", width=320, height=256, count=1, dtype="uint16", crs="EPSG:32631",
+                       transform=Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4800000.0)) as ds:
+        ds.write(a, 1)
+        ds.set_band_description(1, "VV")
+    sarcodec.encode_file(src, tmp_path / "new.sarc", quality=2, tile=128, model=sarcodec.load_model(bundled_path("sarcodec-hp7s4")))
+    new_b = (tmp_path / "new.sarc").read_bytes()
+    r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
+    r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
+    assert r_old.version == (5, 0) and r_new.version == (6, 0) and r_old.header == r_new.header
+    assert r_new.header.crs == "EPSG:32631" and r_new.header.descriptions == ["VV"] and r_new.header.encoder.startswith("sarcodec ")
+    assert [r_old.payload(i) for i in range(6)] == [r_new.payload(i) for i in range(6)]
+    assert np.array_equal(sarcodec.decode_array(old_b)[0], sarcodec.decode_array(new_b)[0])
+    # 1 byte of tile count and 4 of the last length; beside the description and tags in the JSON part
+    # the encoder version costs its 3 varints there too
+    assert len(new_b) == len(old_b) - 5
 
 
 @pytest.mark.parametrize("dtype", ["uint16", "float32", "float64"])
@@ -313,8 +358,8 @@ def test_corrupt_exact_pixels_are_rejected():
 
 def test_unknown_major_version_is_named(model, s1_array):
     data = bytearray(small_file(model, s1_array))
-    data[4] = 6
-    with pytest.raises(FormatError, match=r"version 6\.0 .*reads 1\.x and 2\.x and 3\.x and 4\.x and 5\.x"):
+    data[4] = 7
+    with pytest.raises(FormatError, match=r"version 7\.0 .*reads 1\.x and 2\.x and 3\.x and 4\.x and 5\.x and 6\.x"):
         sarcodec.decode_array(bytes(data), model=model)
 
 
@@ -337,7 +382,7 @@ def test_format_2_and_3_files_decode_as_a_new_file_does(fixture, version, tmp_pa
             new_b = sarcodec.encode_array(ds.read()[:, :128, :160], 8, model=hp7)
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
-    assert r_old.version == version and r_new.version == (5, 0)
+    assert r_old.version == version and r_new.version == (6, 0)
     assert r_old.header == r_new.header
     assert [r_old.payload(i) for i in range(r_old.header.n_tiles)] == [r_new.payload(i) for i in range(r_new.header.n_tiles)]
     a, _ = sarcodec.decode_array(old_b)
@@ -440,7 +485,7 @@ def test_small_tiles_are_trimmed(model, s1_array):
     assert trimmed >= 2
     big = sarcodec.encode_array(s1_array[0, :512, :512], 8, model=model, tile=512)  # latent >> TRIM_MAX_BYTES
     r = bitstream.Reader(io.BytesIO(big), len(big))
-    assert r.version == (5, 0) and not r.payload(0)[0] & bitstream.FLAG_TRIMMED
+    assert r.version == (6, 0) and not r.payload(0)[0] & bitstream.FLAG_TRIMMED
 
 
 def test_trimmed_tile_in_a_2_x_file_is_rejected():

@@ -25,8 +25,11 @@ CLEAN = (FormatError, InputError, DecodeError)
 
 
 def layout(data: bytes) -> dict:
-    """Where format 4's and 5's sections start: header, tile count, table, payloads."""
+    """Where the sections of formats 4-6 start: header, tile count (4 and 5), table, payloads."""
     hlen, hstart = bitstream.read_varint(data, 6, "header length", bitstream.MAX_HEADER)
+    if data[4] >= 6:  # no count: the header's band-tiles; no length in the last record
+        n = bitstream.Header.from_bytes(data[hstart : hstart + hlen], data[4]).n_tiles
+        return {"hstart": hstart, "hlen": hlen, "tstart": hstart + hlen, "n": n, "data_start": hstart + hlen + 8 * n}
     n, tstart = bitstream.read_varint(data, hstart + hlen, "tile count", len(data))
     return {"hstart": hstart, "hlen": hlen, "tstart": tstart, "n": n, "data_start": tstart + 8 * n + 4}
 
@@ -37,8 +40,13 @@ def stored_header(data: bytes) -> bytes:
 
 
 def entries(data: bytes) -> list[list[int]]:
+    """The tile table's [length, crc] records (format 6: the last one's length from the file size)."""
     lay = layout(data)
-    return [list(struct.unpack_from("<II", data, lay["tstart"] + 8 * i)) for i in range(lay["n"])]
+    if data[4] < 6:
+        return [list(struct.unpack_from("<II", data, lay["tstart"] + 8 * i)) for i in range(lay["n"])]
+    records = [list(struct.unpack_from("<II", data, lay["tstart"] + 8 * i)) for i in range(lay["n"] - 1)]
+    last = len(data) - lay["data_start"] - sum(length for length, _ in records)
+    return records + [[last, struct.unpack_from("<I", data, lay["tstart"] + 8 * lay["n"] - 8)[0]]]
 
 
 def rebuilt(hj: bytes, table: list[list[int]], payload_bytes: bytes) -> bytes:
@@ -121,7 +129,8 @@ def mutations(base: bytes, rng: np.random.Generator, count: int):
     base_payloads = [r.payload(i) for i in range(n)]
     yield "table", with_table(base, lambda e: e[0].__setitem__(0, 2**32 - 1))
     yield "table", with_table(base, lambda e: e[0].__setitem__(0, e[0][0] + 1))  # lengths no longer add up
-    yield "table", with_table(base, lambda e: e[-1].__setitem__(0, e[-1][0] - 1))  # a byte after the last tile
+    yield "table", with_table(base, lambda e: e[-2].__setitem__(0, e[-2][0] - 1))  # the last tile starts a byte early
+    yield "append", base + b"\0"  # a byte after the last tile
     yield "table", with_table(base, lambda e: e.pop())  # fewer records than tiles
     yield "payload", with_payload(base, 0, b"")
     yield "payload", with_payload(base, 0, b"\x07")
