@@ -36,24 +36,26 @@ form; t = 254 is 0.0; t = 255 is followed by the float64)::
     per band, its mapping (``sarcodec.preprocess.BandMapping``): u8 bits 0-1 domain (``DOMAINS``),
            bit 2 factor 20, bit 3 factor follows (else 10), bit 4 floor follows (else 0);
            numbers lo, hi, [factor], [floor]
-    [3 varints: the encoder "sarcodec X.Y.Z" as X, Y, Z]
+    [3 varints: the encoder "sarcodec X.Y.Z" as X, Y, Z; the writer puts it here or in the JSON
+           part, whichever makes the header shorter]
 
 The JSON part holds what the core does not (``EXTRA_FIELDS``: a CRS that is not a plain EPSG code, GCPs,
 band descriptions, units, tags, scales and offsets, an encoder version of another form) and leaves
 out fields at their default value.  For the small chips of SAR machine-learning datasets this matters:
-everything but the coded data of a georeferenced 256 x 256 float32 CNNSpeckleFilter chip is 88 bytes
-in format 6 (header 72, of which 38 are its affine transform), 96 in format 5 (header 75), 107 in
-format 4 (header 86), 127 in format 3; the header of the same chip without georeferencing is 24 bytes
-in format 6, 27 in format 5, 40 in format 4.
+everything but the coded data of a georeferenced 256 x 256 float32 CNNSpeckleFilter chip (with a band
+description and a tag) is 91 bytes in format 6 and 96 in format 5 (header 75 in both, of which 38
+are its affine transform), 107 in format 4 (header 86), 127 in format 3; the header of a chip
+without georeferencing, descriptions or tags is 24 bytes in format 6, 27 in format 5, 40 in format 4.
 
-Formats 1-4 (still read): 1.0 first release; 1.1 header fields at their default value may be left
+Formats 1-5 (still read): 1.0 first release; 1.1 header fields at their default value may be left
 out; 2.0 header deflated with the preset dictionary ``HEADER_DICT``; 3.0 tile flag 4, a trimmed
 final range-coder word; 4.0 the layout above, 20 bytes less for a one-tile file, with the whole
 header as deflated JSON (``HEADER_DICT_4``, which knows the newer models, ~16 bytes less); 4.1 the
 float64 dtype, and models shipped after 4.0 named without their id, see ``MODELS``; 4.2 tile flag 8,
-exact pixels; 5.0 the binary header core (without flag 8, the encoder version in the JSON part) and,
-before the tile table, varint N, with a length in every record, the last too.  Formats 1-3 have a fixed 16-byte prelude -- magic, major, minor, u16 reserved, u32 L,
-u32 CRC-32 of the header -- then the header (1.x: a zlib stream; 2.x and 3.x: raw DEFLATE with
+exact pixels; 5.0 the binary header core (without flag 8: the encoder version in the JSON part)
+and, before the tile table, varint N, with a length in every record, the last too.  Formats 1-3
+have a fixed 16-byte prelude -- magic, major, minor, u16 reserved, u32 L, u32 CRC-32 of the
+header -- then the header (1.x: a zlib stream; 2.x and 3.x: raw DEFLATE with
 ``HEADER_DICT``), u32 N, N records of u64 payload offset from the start of the file, u32 length and
 u32 CRC-32, and a CRC-32 of the count and the records; the payloads are the same in every format, at
 the offsets given (format 2 has no flag 4, formats 1-4.1 no flag 8).
@@ -161,7 +163,7 @@ MODEL_INDEX = {m: i + 1 for i, m in enumerate(MODEL_TABLE)}
 # bytes instead of the ~17 that a 16-digit id the dictionary has never seen costs.
 MODELS = dict(MODEL_TABLE[MODEL_INDEX[("sarcodec-hp7s2", "9f7c575ec8063de5")] :])
 
-# Format 5's binary core: flags, band mapping bits, the fields it leaves to the JSON part.
+# The binary header core (formats 5 and 6): flags, band mapping bits, the fields it leaves to the JSON part.
 CORE_NODATA, CORE_TRANSFORM, CORE_EPSG, CORE_ENCODER = 1, 2, 4, 8
 DOMAINS = ("identity", "log", "db")  # mapping bits 0-1
 MAP_FACTOR20, MAP_FACTOR, MAP_FLOOR = 4, 8, 16
@@ -245,10 +247,13 @@ class Header(TileLayout):
         in 4.x all of it as deflated JSON (kept so that tests can write such files)."""
         major = MAJOR if major is None else major
         d = self.stored_fields()
-        if major >= 5:
-            core, held = core_bytes(self, major)
-            extras = {k: v for k, v in d.items() if k in EXTRA_FIELDS and k not in held}
-            return core + (deflate_header(json_bytes(extras), major) if extras else b"")
+        if major >= 5:  # format 6: the encoder version in the core or the JSON part, whichever is shorter
+            forms = []
+            for in_core in (True, False) if major >= 6 else (False,):
+                core, held = core_bytes(self, in_core)
+                extras = {k: v for k, v in d.items() if k in EXTRA_FIELDS and k not in held}
+                forms.append(core + (deflate_header(json_bytes(extras), major) if extras else b""))
+            return min(forms, key=len)
         if MODELS.get(self.model_name) == self.model_id:
             del d["model_id"]
         return deflate_header(json_bytes(d), major)
@@ -379,10 +384,9 @@ def _encoder_version(encoder: str) -> tuple[int, int, int] | None:
     return int(parts[0]), int(parts[1]), int(parts[2])
 
 
-def core_bytes(h: Header, major: int | None = None) -> tuple[bytes, set[str]]:
-    """The binary core of ``h`` as format ``major`` (5 or 6; default: the one this writes) stores it
-    (see the module docstring), and the fields of ``EXTRA_FIELDS`` it holds."""
-    major = MAJOR if major is None else major
+def core_bytes(h: Header, encoder: bool = True) -> tuple[bytes, set[str]]:
+    """The binary core of ``h`` (see the module docstring), and the fields of ``EXTRA_FIELDS`` it
+    holds; ``encoder``: with the encoder version if it has the form "sarcodec X.Y.Z" (format 6)."""
     if h.tile % 64 or h.dtype not in DTYPES:
         raise ValueError("header tile size or dtype cannot be stored")
     model = MODEL_INDEX.get((h.model_name, h.model_id), 0)
@@ -392,7 +396,7 @@ def core_bytes(h: Header, major: int | None = None) -> tuple[bytes, set[str]]:
         name = h.model_name.encode()
         out += [varint(len(name)), name, bytes.fromhex(h.model_id)]
     epsg = _epsg(h.crs)
-    version = _encoder_version(h.encoder) if major >= 6 else None
+    version = _encoder_version(h.encoder) if encoder else None
     out.append(bytes([(CORE_NODATA if h.nodata is not None else 0) | (CORE_TRANSFORM if h.transform is not None else 0)
                       | (CORE_EPSG if epsg is not None else 0) | (CORE_ENCODER if version is not None else 0)]))
     if h.nodata is not None:
@@ -578,7 +582,7 @@ class Reader:
             header = Header.from_bytes(hj, major)
             n, tstart, tlen = header.n_tiles, pos + hlen, 8 * header.n_tiles
             if tstart + tlen > self.size:
-                raise FormatError("truncated file (tile table)")
+                raise FormatError("truncated or corrupt file (the tile table its header implies does not fit)")
         else:
             n, tstart = read_varint(head, pos + hlen, "tile count", (self.size - pos - hlen) // 8)
             tlen = 8 * n + 4

@@ -58,6 +58,9 @@ def test_encoder_version_is_stored_in_binary_when_it_can_be(encoder, in_core):
         assert core[7] == bitstream.CORE_ENCODER and len(stored) < len(h.to_bytes(5)) - 2
         with pytest.raises(FormatError, match="unknown header flags"):  # format 5 has no such flag
             Header.from_bytes(stored, 5)
+    # beside other JSON fields the version may cost less there: the writer takes the shorter form
+    tagged = dataclasses.replace(h, descriptions=["VH"], tags={"AREA_OR_POINT": "Area"})
+    assert Header.from_bytes(tagged.to_bytes(), 6) == tagged and len(tagged.to_bytes()) <= len(tagged.to_bytes(5))
 
 
 def test_format_5_header_is_smaller(tmp_path):
