@@ -154,7 +154,7 @@ MODEL_TABLE = (
     ("sarcodec-hp4", "2a1d1a0a53ba7f50"), ("sarcodec-fast4", "3cf62014ef3d9efa"), ("sarcodec-hp5", "820c026f3418d9d0"),
     ("sarcodec-hp6", "cb2c3ab70bf35788"), ("sarcodec-fast5", "99850ef515f0b5ca"), ("sarcodec-hp7s1", "a06d44491c279b30"),
     ("sarcodec-hp7", "98b41c1a6075dcd6"), ("sarcodec-hp7s2", "9f7c575ec8063de5"), ("sarcodec-hp7s3", "8bc0a66834b2485f"),
-    ("sarcodec-hp7s4", "33165a8f996df7b5"),
+    ("sarcodec-hp7s4", "33165a8f996df7b5"), ("sarcodec-hp7l", "964cb7c3393353bb"),
 )
 MODEL_INDEX = {m: i + 1 for i, m in enumerate(MODEL_TABLE)}
 

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .model import SarCodecModel
 
 FORMAT = "sarcodec-weights"
-DEFAULT_MODEL = "sarcodec-hp7.pt"
+DEFAULT_MODEL = "sarcodec-hp7l.pt"
 # each preset's models: the encoder chooses among them per file (sarcodec.choice); the first is the
 # general one, what ``load(preset=...)`` returns
 PRESETS = {"default": (DEFAULT_MODEL, "sarcodec-hp7s4.pt"), "fast": ("sarcodec-fast5.npz",)}
