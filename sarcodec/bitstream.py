@@ -6,7 +6,7 @@ group first, in its shortest form)::
     offset      size   field
     0           4      magic  b"SARC"
     4           1      major format version (6); readers refuse majors they do not know
-    5           1      minor format version (0); additive changes only
+    5           1      minor format version (1); additive changes only
     6           varint L = header length in bytes (at most 16 MiB)
     .           L      header: the binary core below, then (if anything is left of the L bytes) the
                        other fields of ``Header`` as a UTF-8 JSON object (at most 16 MiB inflated)
@@ -34,8 +34,9 @@ form; t = 254 is 0.0; t = 255 is followed by the float64)::
     u8     flags: 1 nodata, 2 transform, 4 CRS as an EPSG code, 8 encoder version (format 6)
     [number nodata] [varint EPSG code] [6 numbers: the affine transform a, b, c, d, e, f]
     per band, its mapping (``sarcodec.preprocess.BandMapping``): u8 bits 0-1 domain (``DOMAINS``),
-           bit 2 factor 20, bit 3 factor follows (else 10), bit 4 floor follows (else 0);
-           numbers lo, hi, [factor], [floor]
+           bit 2 factor 20, bit 3 factor follows (else 10), bit 4 floor follows (else 0),
+           bit 5 (6.1) lo and hi in hundredths: zigzag varint 100 lo, varint 100 (hi - lo) (else
+           numbers lo, hi); then numbers [factor], [floor]
     [3 varints: the encoder "sarcodec X.Y.Z" as X, Y, Z; the writer puts it here or in the JSON
            part, whichever makes the header shorter]
 
@@ -43,17 +44,20 @@ The JSON part holds what the core does not (``EXTRA_FIELDS``: a CRS that is not 
 band descriptions, units, tags, scales and offsets, an encoder version of another form) and leaves
 out fields at their default value.  For the small chips of SAR machine-learning datasets this matters:
 everything but the coded data of a georeferenced 256 x 256 float32 CNNSpeckleFilter chip (with a band
-description and a tag) is 91 bytes in format 6 and 96 in format 5 (header 75 in both, of which 38
-are its affine transform), 107 in format 4 (header 86), 127 in format 3; the header of a chip
-without georeferencing, descriptions or tags is 24 bytes in format 6, 27 in format 5, 40 in format 4.
+description and a tag) is 87 bytes in format 6.1, 91 in 6.0 and 96 in format 5 (header 72 in 6.1,
+75 in 6.0 and 5, of which 38 are its affine transform), 107 in format 4 (header 86), 127 in format 3;
+the header of a chip without georeferencing, descriptions or tags is 21 bytes in format 6.1, 24 in
+6.0, 27 in format 5, 40 in format 4.
 
-Formats 1-5 (still read): 1.0 first release; 1.1 header fields at their default value may be left
+Formats 1-5 and 6.0 (still read): 1.0 first release; 1.1 header fields at their default value may be left
 out; 2.0 header deflated with the preset dictionary ``HEADER_DICT``; 3.0 tile flag 4, a trimmed
 final range-coder word; 4.0 the layout above, 20 bytes less for a one-tile file, with the whole
 header as deflated JSON (``HEADER_DICT_4``, which knows the newer models, ~16 bytes less); 4.1 the
 float64 dtype, and models shipped after 4.0 named without their id, see ``MODELS``; 4.2 tile flag 8,
 exact pixels; 5.0 the binary header core (without flag 8: the encoder version in the JSON part)
-and, before the tile table, varint N, with a length in every record, the last too.  Formats 1-3
+and, before the tile table, varint N, with a length in every record, the last too; 6.0 (this
+layout) without mapping bit 5: lo and hi always as numbers (its encoder rounded dB levels to
+0.001 dB; 6.1 rounds them to 0.01 dB).  Formats 1-3
 have a fixed 16-byte prelude -- magic, major, minor, u16 reserved, u32 L, u32 CRC-32 of the
 header -- then the header (1.x: a zlib stream; 2.x and 3.x: raw DEFLATE with
 ``HEADER_DICT``), u32 N, N records of u64 payload offset from the start of the file, u32 length and
@@ -96,7 +100,7 @@ from dataclasses import asdict, dataclass, field
 
 MAGIC = b"SARC"
 MAJOR = 6  # the version this writes
-MINOR = 0  # additive changes only: an older 6.x reader refuses only files that use them
+MINOR = 1  # additive changes only: an older 6.x reader refuses only files that use them
 READS = (1, 2, 3, 4, 5, 6)  # majors this reader understands
 MAX_HEADER = 16 * 2**20
 MAX_DIM = 2**24
@@ -166,7 +170,7 @@ MODELS = dict(MODEL_TABLE[MODEL_INDEX[("sarcodec-hp7s2", "9f7c575ec8063de5")] :]
 # The binary header core (formats 5 and 6): flags, band mapping bits, the fields it leaves to the JSON part.
 CORE_NODATA, CORE_TRANSFORM, CORE_EPSG, CORE_ENCODER = 1, 2, 4, 8
 DOMAINS = ("identity", "log", "db")  # mapping bits 0-1
-MAP_FACTOR20, MAP_FACTOR, MAP_FLOOR = 4, 8, 16
+MAP_FACTOR20, MAP_FACTOR, MAP_FLOOR, MAP_CENTI = 4, 8, 16, 32
 NUMBER_MAX = 2**49  # zigzag mantissas from here on: the float64 is as short
 EXTRA_FIELDS = ("crs", "gcps", "gcp_crs", "descriptions", "tags", "band_tags", "units", "scales", "offsets", "encoder")
 
@@ -250,7 +254,7 @@ class Header(TileLayout):
         if major >= 5:  # format 6: the encoder version in the core or the JSON part, whichever is shorter
             forms = []
             for in_core in (True, False) if major >= 6 else (False,):
-                core, held = core_bytes(self, in_core)
+                core, held = core_bytes(self, major, in_core)
                 extras = {k: v for k, v in d.items() if k in EXTRA_FIELDS and k not in held}
                 forms.append(core + (deflate_header(json_bytes(extras), major) if extras else b""))
             return min(forms, key=len)
@@ -384,9 +388,21 @@ def _encoder_version(encoder: str) -> tuple[int, int, int] | None:
     return int(parts[0]), int(parts[1]), int(parts[2])
 
 
-def core_bytes(h: Header, encoder: bool = True) -> tuple[bytes, set[str]]:
-    """The binary core of ``h`` (see the module docstring), and the fields of ``EXTRA_FIELDS`` it
-    holds; ``encoder``: with the encoder version if it has the form "sarcodec X.Y.Z" (format 6)."""
+def _centi_bytes(lo: float, hi: float) -> bytes | None:
+    """lo and hi as format 6.1 stores them when both are whole hundredths (``fit_mapping`` rounds
+    dB levels to 0.01 dB): zigzag varint 100 lo, varint 100 (hi - lo); else None."""
+    if not all(math.isfinite(v) and abs(v) < 1e12 for v in (lo, hi)):  # 100 * 1e12 < NUMBER_MAX / 2
+        return None
+    k, span = round(lo * 100), round(hi * 100) - round(lo * 100)
+    if span < 1 or (repr(float(f"{k}e-2")), repr(float(f"{k + span}e-2"))) != (repr(lo), repr(hi)):  # -0.0 too
+        return None
+    return varint(2 * k if k >= 0 else -2 * k - 1) + varint(span)
+
+
+def core_bytes(h: Header, major: int = MAJOR, encoder: bool = True) -> tuple[bytes, set[str]]:
+    """The binary core of ``h`` as format ``major`` (5 or 6) stores it (see the module docstring), and
+    the fields of ``EXTRA_FIELDS`` it holds; ``encoder``: with the encoder version if it has the form
+    "sarcodec X.Y.Z" (format 6)."""
     if h.tile % 64 or h.dtype not in DTYPES:
         raise ValueError("header tile size or dtype cannot be stored")
     model = MODEL_INDEX.get((h.model_name, h.model_id), 0)
@@ -396,7 +412,7 @@ def core_bytes(h: Header, encoder: bool = True) -> tuple[bytes, set[str]]:
         name = h.model_name.encode()
         out += [varint(len(name)), name, bytes.fromhex(h.model_id)]
     epsg = _epsg(h.crs)
-    version = _encoder_version(h.encoder) if encoder else None
+    version = _encoder_version(h.encoder) if encoder and major >= 6 else None
     out.append(bytes([(CORE_NODATA if h.nodata is not None else 0) | (CORE_TRANSFORM if h.transform is not None else 0)
                       | (CORE_EPSG if epsg is not None else 0) | (CORE_ENCODER if version is not None else 0)]))
     if h.nodata is not None:
@@ -409,9 +425,12 @@ def core_bytes(h: Header, encoder: bool = True) -> tuple[bytes, set[str]]:
         if set(m) - {"domain", "lo", "hi", "factor", "floor"} or m["domain"] not in DOMAINS:
             raise ValueError(f"band mapping {m} cannot be stored")
         factor, floor = m.get("factor", 10.0), m.get("floor", 0.0)
+        lo_hi = number_bytes(m["lo"]) + number_bytes(m["hi"])
+        centi = _centi_bytes(m["lo"], m["hi"]) if major >= 6 else None
+        centi = centi if centi is not None and len(centi) < len(lo_hi) else None
         out.append(bytes([DOMAINS.index(m["domain"]) | (MAP_FACTOR20 if factor == 20.0 else MAP_FACTOR if factor != 10.0 else 0)
-                          | (MAP_FLOOR if floor != 0.0 else 0)]))
-        out += [number_bytes(m["lo"]), number_bytes(m["hi"])]
+                          | (MAP_FLOOR if floor != 0.0 else 0) | (MAP_CENTI if centi is not None else 0)]))
+        out.append(centi if centi is not None else lo_hi)
         out += [number_bytes(factor)] if factor not in (10.0, 20.0) else []
         out += [number_bytes(floor)] if floor != 0.0 else []
     if version is not None:
@@ -469,11 +488,20 @@ def read_core(buf: bytes, major: int = MAJOR) -> tuple[dict, int]:
     d["mappings"] = []
     for _ in range(d["bands"]):
         bits, pos = _read_byte(buf, pos, "band mapping")
-        if bits & ~(3 | MAP_FACTOR20 | MAP_FACTOR | MAP_FLOOR) or (bits & 3) >= len(DOMAINS) or bits & MAP_FACTOR20 and bits & MAP_FACTOR:
+        known = 3 | MAP_FACTOR20 | MAP_FACTOR | MAP_FLOOR | (MAP_CENTI if major >= 6 else 0)
+        if bits & ~known or (bits & 3) >= len(DOMAINS) or bits & MAP_FACTOR20 and bits & MAP_FACTOR:
             raise FormatError("header band mapping malformed")
         m = {"domain": DOMAINS[bits & 3]}
-        m["lo"], pos = read_number(buf, pos, "band mapping")
-        m["hi"], pos = read_number(buf, pos, "band mapping")
+        if bits & MAP_CENTI:
+            z, pos = read_varint(buf, pos, "header band mapping", NUMBER_MAX - 1, width=7)
+            span, pos = read_varint(buf, pos, "header band mapping", NUMBER_MAX - 1, width=7)
+            k = z >> 1 if not z & 1 else -((z + 1) >> 1)
+            if span < 1:
+                raise FormatError("header band mapping malformed")
+            m["lo"], m["hi"] = float(f"{k}e-2"), float(f"{k + span}e-2")
+        else:
+            m["lo"], pos = read_number(buf, pos, "band mapping")
+            m["hi"], pos = read_number(buf, pos, "band mapping")
         if bits & MAP_FACTOR20:
             m["factor"] = 20.0
         elif bits & MAP_FACTOR:
@@ -564,10 +592,16 @@ class Reader:
             raise FormatError(f"unsupported .sarc format version {major}.{minor} (this sarcodec reads "
                               f"{' and '.join(f'{m}.x' for m in READS)})")
         self.version = (major, minor)
-        if major >= 4:
-            self.header, self.entries = self._layout_4()
-        else:
-            self.header, self.entries = self._layout_1_3(major)
+        try:
+            if major >= 4:
+                self.header, self.entries = self._layout_4()
+            else:
+                self.header, self.entries = self._layout_1_3(major)
+        except FormatError as e:
+            if major == MAJOR and minor > MINOR:  # what a newer minor version adds is what this reader lacks
+                raise FormatError(f"{e}; the file is format {major}.{minor}, newer than this sarcodec "
+                                  f"({MAJOR}.{MINOR}): update sarcodec") from None
+            raise
 
     def _layout_4(self) -> tuple[Header, list[TileEntry]]:
         """Formats 4-6: varint header length, header, (4, 5: varint record count,) table, its CRC."""

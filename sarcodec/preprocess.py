@@ -108,8 +108,10 @@ def choose_domain(dtype: np.dtype, sample: np.ndarray, requested: str = "auto") 
     return "identity"
 
 
-def fit_mapping(dtype: np.dtype, sample: np.ndarray, domain: str) -> BandMapping:
-    """Fit the mapping of one band from a sample of its valid (unmasked, finite) values."""
+def fit_mapping(dtype: np.dtype, sample: np.ndarray, domain: str, digits: int = 2) -> BandMapping:
+    """Fit the mapping of one band from a sample of its valid (unmasked, finite) values; log and dB
+    levels rounded to ``digits`` decimals (2 since format 6.1, which stores hundredths in 2 bytes
+    each; the encoders before it rounded to 3)."""
     dtype = np.dtype(dtype)
     s = sample.astype(np.float64).ravel()
     if domain == "identity":
@@ -130,7 +132,7 @@ def fit_mapping(dtype: np.dtype, sample: np.ndarray, domain: str) -> BandMapping
     if d.size == 0:
         return BandMapping(domain, 0.0, 1.0, factor, floor if domain == "log" else 0.0)
     lo, hi = np.percentile(d, [LOW_PCT, HIGH_PCT])
-    lo, hi = round(float(lo), 3), round(float(hi), 3)  # dB: 0.001 dB steps keep the header short
+    lo, hi = round(float(lo), digits), round(float(hi), digits)  # dB: 0.01 dB steps keep the header short
     if not hi > lo:
         hi = lo + 1.0
     return BandMapping(domain, lo, hi, factor, floor)

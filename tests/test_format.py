@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import math
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import sarcodec
-from sarcodec import bitstream, codec
+from sarcodec import bitstream, codec, preprocess
 from sarcodec.bitstream import FormatError, Header
 from sarcodec.codec import decode_latents
 from sarcodec.weights import bundled_path
@@ -41,6 +42,35 @@ def test_header_roundtrip_exact_floats(major):
     h3 = dataclasses.replace(h, mappings=[{"domain": "db", "lo": -30.0, "hi": 5e-324}] * 2, nodata=-99.0, crs="WKT text",
                              transform=None, model_name="sarcodec-hp7", model_id="98b41c1a6075dcd6")
     assert Header.from_bytes(h3.to_bytes(major), major) == h3
+
+
+@pytest.mark.parametrize("lo, hi, centi", [(-23.45, -3.21, True), (-0.05, 61.2, True), (12.0, 42.5, True),
+                                           (-23.456, -3.21, False), (0.1 + 0.2, 0.5, False), (0.0, 255.0, False)])
+def test_band_levels_in_hundredths_are_stored_as_such(lo, hi, centi):
+    # format 6.1: whole hundredths (what fit_mapping gives for dB levels) as 2 varints, when shorter
+    h = Header(width=3, height=2, bands=1, dtype="float32", tile=64, quality=2, model_id="98b41c1a6075dcd6",
+               model_name="sarcodec-hp7", mappings=[{"domain": "log", "lo": lo, "hi": hi}])
+    core6, core5 = bitstream.core_bytes(h, 6)[0], bitstream.core_bytes(h, 5)[0]
+    assert Header.from_bytes(h.to_bytes(), 6) == h and Header.from_bytes(h.to_bytes(5), 5) == h
+    assert (len(core6) < len(core5)) == centi and (core6 == core5) == (not centi)
+    if centi:
+        with pytest.raises(FormatError, match="band mapping malformed"):  # format 5 has no such bit
+            Header.from_bytes(h.to_bytes(), 5)
+
+
+def test_newer_minor_version_is_named(model, s1_array, monkeypatch):
+    # A 6.x reader refuses what a newer minor version adds, and says why
+    data = small_file(model, s1_array)
+    levels = [{"domain": "db", "lo": -23.45, "hi": -3.21}]
+    for minor, says in ((2, r"malformed; the file is format 6\.2, newer than this sarcodec \(6\.1\): update sarcodec"),
+                        (1, r"header band mapping malformed$")):
+        with monkeypatch.context() as m:
+            m.setattr(bitstream, "MINOR", minor)
+            m.setattr(bitstream, "MAP_CENTI", 64)  # stands in for a mapping bit this reader does not know
+            newer = with_header(data, lambda d: d.update(mappings=levels))
+        assert newer[4:6] == bytes([6, minor])
+        with pytest.raises(FormatError, match=says):
+            sarcodec.decode_array(newer, model=model)
 
 
 @pytest.mark.parametrize("encoder, in_core", [("sarcodec 0.1.0", True), ("sarcodec 12.0.345", True), ("sarcodec 0.1", False),
@@ -209,7 +239,7 @@ def test_shipped_models_are_named_by_number(s1_array, monkeypatch):
     m = sarcodec.load_model(bundled_path("sarcodec-hp7s3"))
     data = sarcodec.encode_array(s1_array[0, :96, :96], 2, model=m)
     r = bitstream.Reader(io.BytesIO(data), len(data))
-    assert r.header.model_id == m.model_id and r.version == (6, 0) and b"hp7s3" not in stored_header(data)
+    assert r.header.model_id == m.model_id and r.version == (6, 1) and b"hp7s3" not in stored_header(data)
     assert stored_header(data)[6] == bitstream.MODEL_INDEX[(m.name, m.model_id)] == 15
     assert sarcodec.decode_array(data)[0].shape == (1, 96, 96)
     mine = dataclasses.replace(r.header, model_name="mine", model_id="0123456789abcdef")  # not shipped: named in full
@@ -231,6 +261,12 @@ def edge_padded(a: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.pad(a, ((0, h - a.shape[0]), (0, w - a.shape[1])), mode="edge")
 
 
+def like_old_encoders(monkeypatch) -> None:
+    """Fit band mappings as the encoders that wrote the fixtures below did: dB levels to 0.001 dB
+    (format 6.1 rounds them to 0.01 dB and stores hundredths)."""
+    monkeypatch.setattr(codec, "fit_mapping", functools.partial(preprocess.fit_mapping, digits=3))
+
+
 def test_format_1_1_file_still_decodes(tmp_path, monkeypatch):
     # Written by sarcodec before format 2 (hp3, q3) from a real OpenSARShip chip (2 bands, uint16).
     # Format 2 changed only how the header is stored, format 3 only trims final range-coder words,
@@ -241,8 +277,9 @@ def test_format_1_1_file_still_decodes(tmp_path, monkeypatch):
     src = need(EVAL / "float" / "opensarship-grd-dn-cargo_x11505_y10248.tif")
     new = tmp_path / "new.sarc"
     monkeypatch.setattr(codec, "pad_to", edge_padded)  # the 53 x 53 chip is extended to 64 x 64
+    like_old_encoders(monkeypatch)
     sarcodec.encode_file(src, new, quality=3, model=sarcodec.load_model(bundled_path("sarcodec-hp3")))
-    assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "6.0"
+    assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "6.1"
     old_b, new_b = old.read_bytes(), new.read_bytes()
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
@@ -264,10 +301,11 @@ def test_format_4_files_decode_as_a_new_file_does(model, s1_array, monkeypatch):
     # The fixture was written by sarcodec 0.1 in format 4.2 (hp7s4, q2, 128 x 128 tiles) from
     # conftest's uint16 sea with a ship, so one tile has exact pixels.
     old_b = (Path(__file__).parent / "data" / "format-4.2-sea-ship-q2.sarc").read_bytes()
+    like_old_encoders(monkeypatch)
     new_b = sarcodec.encode_array(sea_with_ship("uint16")[0], 2, model=sarcodec.load_model(bundled_path("sarcodec-hp7s4")), tile=128)
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
-    assert r_old.version == (4, 2) and r_new.version == (6, 0) and r_old.header == r_new.header
+    assert r_old.version == (4, 2) and r_new.version == (6, 1) and r_old.header == r_new.header
     assert [r_old.payload(i) for i in range(6)] == [r_new.payload(i) for i in range(6)]
     assert r_old.payload(1)[0] & bitstream.FLAG_EXACT
     assert np.array_equal(sarcodec.decode_array(old_b)[0], sarcodec.decode_array(new_b)[0])
@@ -280,7 +318,7 @@ def test_format_4_files_decode_as_a_new_file_does(model, s1_array, monkeypatch):
     assert np.array_equal(sarcodec.decode_array(old, model=model)[0], sarcodec.decode_array(new, model=model)[0])
 
 
-def test_format_5_file_decodes_as_a_new_file_does(tmp_path):
+def test_format_5_file_decodes_as_a_new_file_does(tmp_path, monkeypatch):
     # Format 6 changed only the layout around the header and the payloads (no tile count, no length
     # in the last record) and stores the encoder version in binary. The fixture was written by
     # sarcodec 0.1 in format 5.0 (hp7s4, q2, 128 x 128 tiles) from this GeoTIFF: conftest's uint16
@@ -295,17 +333,38 @@ def test_format_5_file_decodes_as_a_new_file_does(tmp_path):
                        transform=Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4800000.0)) as ds:
         ds.write(a, 1)
         ds.set_band_description(1, "VV")
+    like_old_encoders(monkeypatch)
     sarcodec.encode_file(src, tmp_path / "new.sarc", quality=2, tile=128, model=sarcodec.load_model(bundled_path("sarcodec-hp7s4")))
     new_b = (tmp_path / "new.sarc").read_bytes()
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
-    assert r_old.version == (5, 0) and r_new.version == (6, 0) and r_old.header == r_new.header
+    assert r_old.version == (5, 0) and r_new.version == (6, 1) and r_old.header == r_new.header
     assert r_new.header.crs == "EPSG:32631" and r_new.header.descriptions == ["VV"] and r_new.header.encoder.startswith("sarcodec ")
     assert [r_old.payload(i) for i in range(6)] == [r_new.payload(i) for i in range(6)]
     assert np.array_equal(sarcodec.decode_array(old_b)[0], sarcodec.decode_array(new_b)[0])
     # 1 byte of tile count and 4 of the last length; beside the description and tags in the JSON part
     # the encoder version costs its 3 varints there too
     assert len(new_b) == len(old_b) - 5
+
+
+def test_format_6_0_file_decodes_as_a_new_file_does(monkeypatch):
+    # Format 6.1 rounds dB levels to 0.01 dB and stores them as hundredths. The fixture was written by
+    # sarcodec 0.1 in format 6.0 (hp7s4, q2, 128 x 128 tiles) from conftest's float32 sea with a ship.
+    old_b = (Path(__file__).parent / "data" / "format-6.0-sea-float-q2.sarc").read_bytes()
+    hp7s4 = sarcodec.load_model(bundled_path("sarcodec-hp7s4"))
+    with monkeypatch.context() as m:
+        like_old_encoders(m)
+        new_b = sarcodec.encode_array(sea_with_ship("float32")[0], 2, model=hp7s4, tile=128)
+    r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
+    r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
+    assert r_old.version == (6, 0) and r_new.version == (6, 1) and r_old.header == r_new.header
+    assert [r_old.payload(i) for i in range(6)] == [r_new.payload(i) for i in range(6)] and len(new_b) == len(old_b)
+    assert np.array_equal(sarcodec.decode_array(old_b)[0], sarcodec.decode_array(new_b)[0])
+    # as this sarcodec fits them: levels in hundredths, 2 varints instead of 2 numbers of 3 decimals
+    now = sarcodec.encode_array(sea_with_ship("float32")[0], 2, model=hp7s4, tile=128)
+    (m_old,), (m_now,) = r_old.header.mappings, bitstream.Reader(io.BytesIO(now), len(now)).header.mappings
+    assert (m_now["lo"], m_now["hi"]) == (round(m_old["lo"], 2), round(m_old["hi"], 2)) != (m_old["lo"], m_old["hi"])
+    assert len(stored_header(now)) == len(stored_header(old_b)) - 3
 
 
 @pytest.mark.parametrize("dtype", ["uint16", "float32", "float64"])
@@ -362,7 +421,7 @@ def test_corrupt_exact_pixels_are_rejected():
 
 def test_unknown_major_version_is_named(model, s1_array):
     data = bytearray(small_file(model, s1_array))
-    data[4] = 7
+    data[4:6] = bytes([7, 0])
     with pytest.raises(FormatError, match=r"version 7\.0 .*reads 1\.x and 2\.x and 3\.x and 4\.x and 5\.x and 6\.x"):
         sarcodec.decode_array(bytes(data), model=model)
 
@@ -374,6 +433,7 @@ def test_format_2_and_3_files_decode_as_a_new_file_does(fixture, version, tmp_pa
     # around the payloads and the header's dictionary, so a new file has the same header and payloads.
     old_b = (Path(__file__).parent / "data" / fixture).read_bytes()
     hp7 = sarcodec.load_model(bundled_path("sarcodec-hp7"))
+    like_old_encoders(monkeypatch)
     if version == (3, 0):
         src = need(EVAL / "float" / "opensarship-grd-dn-cargo_x11505_y10248.tif")
         monkeypatch.setattr(codec, "pad_to", edge_padded)
@@ -386,7 +446,7 @@ def test_format_2_and_3_files_decode_as_a_new_file_does(fixture, version, tmp_pa
             new_b = sarcodec.encode_array(ds.read()[:, :128, :160], 8, model=hp7)
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
-    assert r_old.version == version and r_new.version == (6, 0)
+    assert r_old.version == version and r_new.version == (6, 1)
     assert r_old.header == r_new.header
     assert [r_old.payload(i) for i in range(r_old.header.n_tiles)] == [r_new.payload(i) for i in range(r_new.header.n_tiles)]
     a, _ = sarcodec.decode_array(old_b)
@@ -489,7 +549,7 @@ def test_small_tiles_are_trimmed(model, s1_array):
     assert trimmed >= 2
     big = sarcodec.encode_array(s1_array[0, :512, :512], 8, model=model, tile=512)  # latent >> TRIM_MAX_BYTES
     r = bitstream.Reader(io.BytesIO(big), len(big))
-    assert r.version == (6, 0) and not r.payload(0)[0] & bitstream.FLAG_TRIMMED
+    assert r.version == (6, 1) and not r.payload(0)[0] & bitstream.FLAG_TRIMMED
 
 
 def test_trimmed_tile_in_a_2_x_file_is_rejected():
