@@ -348,6 +348,16 @@ def json_object(raw: bytes) -> dict:
     return d
 
 
+def zigzag(m: int) -> int:
+    """A signed integer as the unsigned one a varint stores: 0, -1, 1, -2, ... -> 0, 1, 2, 3, ..."""
+    return 2 * m if m >= 0 else -2 * m - 1
+
+
+def unzigzag(z: int) -> int:
+    """Inverse of ``zigzag``."""
+    return z >> 1 if not z & 1 else -((z + 1) >> 1)
+
+
 def number_bytes(x: float) -> bytes:
     """A float, bit-exact, in as few bytes as its shortest decimal form allows: u8 tag t < 254 and a
     zigzag varint m, value m * 10**(t - 127); t = 254: 0.0; t = 255: the float64 (little-endian) follows."""
@@ -357,7 +367,7 @@ def number_bytes(x: float) -> bytes:
     if math.isfinite(x) and x != 0.0:  # -0.0 and non-finite values: the float64
         sign, digits, exp = decimal.Decimal(repr(x)).normalize().as_tuple()
         m = int("".join(map(str, digits))) * (-1 if sign else 1)
-        z = 2 * m if m >= 0 else -2 * m - 1
+        z = zigzag(m)
         if isinstance(exp, int) and -127 <= exp <= 126 and z < NUMBER_MAX and float(f"{m}e{exp}") == x:
             return bytes([exp + 127]) + varint(z)
     return bytes([255]) + struct.pack("<d", x)
@@ -370,7 +380,7 @@ def read_number(buf: bytes, pos: int, what: str) -> tuple[float, int]:
     if buf[pos] >= 254:
         return (0.0, pos + 1) if buf[pos] == 254 else (struct.unpack_from("<d", buf, pos + 1)[0], pos + 9)
     z, end = read_varint(buf, pos + 1, f"header {what}", NUMBER_MAX - 1, width=7)
-    return float(f"{z >> 1 if not z & 1 else -((z + 1) >> 1)}e{buf[pos] - 127}"), end
+    return float(f"{unzigzag(z)}e{buf[pos] - 127}"), end
 
 
 def _epsg(crs: str | None) -> int | None:
@@ -393,10 +403,10 @@ def _centi_bytes(lo: float, hi: float) -> bytes | None:
     dB levels to 0.01 dB): zigzag varint 100 lo, varint 100 (hi - lo); else None."""
     if not all(math.isfinite(v) and abs(v) < 1e12 for v in (lo, hi)):  # 100 * 1e12 < NUMBER_MAX / 2
         return None
-    k, span = round(lo * 100), round(hi * 100) - round(lo * 100)
-    if span < 1 or (repr(float(f"{k}e-2")), repr(float(f"{k + span}e-2"))) != (repr(lo), repr(hi)):  # -0.0 too
+    k, k_hi = round(lo * 100), round(hi * 100)
+    if k_hi <= k or (repr(float(f"{k}e-2")), repr(float(f"{k_hi}e-2"))) != (repr(lo), repr(hi)):  # -0.0 too
         return None
-    return varint(2 * k if k >= 0 else -2 * k - 1) + varint(span)
+    return varint(zigzag(k)) + varint(k_hi - k)
 
 
 def core_bytes(h: Header, major: int = MAJOR, encoder: bool = True) -> tuple[bytes, set[str]]:
@@ -486,19 +496,18 @@ def read_core(buf: bytes, major: int = MAJOR) -> tuple[dict, int]:
             v, pos = read_number(buf, pos, "transform")
             d["transform"].append(v)
     d["mappings"] = []
+    known = 3 | MAP_FACTOR20 | MAP_FACTOR | MAP_FLOOR | (MAP_CENTI if major >= 6 else 0)
     for _ in range(d["bands"]):
         bits, pos = _read_byte(buf, pos, "band mapping")
-        known = 3 | MAP_FACTOR20 | MAP_FACTOR | MAP_FLOOR | (MAP_CENTI if major >= 6 else 0)
         if bits & ~known or (bits & 3) >= len(DOMAINS) or bits & MAP_FACTOR20 and bits & MAP_FACTOR:
             raise FormatError("header band mapping malformed")
         m = {"domain": DOMAINS[bits & 3]}
         if bits & MAP_CENTI:
             z, pos = read_varint(buf, pos, "header band mapping", NUMBER_MAX - 1, width=7)
             span, pos = read_varint(buf, pos, "header band mapping", NUMBER_MAX - 1, width=7)
-            k = z >> 1 if not z & 1 else -((z + 1) >> 1)
             if span < 1:
                 raise FormatError("header band mapping malformed")
-            m["lo"], m["hi"] = float(f"{k}e-2"), float(f"{k + span}e-2")
+            m["lo"], m["hi"] = float(f"{unzigzag(z)}e-2"), float(f"{unzigzag(z) + span}e-2")
         else:
             m["lo"], pos = read_number(buf, pos, "band mapping")
             m["hi"], pos = read_number(buf, pos, "band mapping")
