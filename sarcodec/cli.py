@@ -380,6 +380,7 @@ def train(
     sample_by: str = typer.Option("file", help="How crops pick their raster: file (each alike), pixels (by size) or source (each --data alike, by size within)."),
     partial: float = typer.Option(0.25, help="Share of crops whose last block row/column is partly padding (as at image edges)."),
     full_range: float = typer.Option(0.5, help="Share of crops turned into re-speckled full-range intensities (log domain); the rest are coded as 8-bit."),
+    despeckled: float = typer.Option(0.0, help="Share of crops drawn first as despeckled full-range products (block-multilooked, decimated, Lee-filtered), like multi-temporal averages."),
     preset: str = typer.Option("default", help="Architecture to train from scratch: default or fast (ignored with --init/--resume)."),
 ) -> None:
     """Train a model (rate-distortion, all eight qualities at once) and export it."""
@@ -390,7 +391,7 @@ def train(
     with _errors():
         if crop % 64:
             _fail("--crop must be a multiple of 64", 2)
-        for name, share in (("partial", partial), ("full-range", full_range)):
+        for name, share in (("partial", partial), ("full-range", full_range), ("despeckled", despeckled)):
             if not 0.0 <= share <= 1.0:
                 _fail(f"--{name} must be in 0..1", 2)
         if sample_by not in SAMPLING:
@@ -415,7 +416,8 @@ def train(
             data=[str(d) for d in data], out=str(out), val=[str(v) for v in (val or [])], val_split=val_split, steps=steps,
             max_minutes=max_minutes, batch=batch, crop=crop, lr=lr, seed=seed, val_every=val_every,
             checkpoint_every=checkpoint_every, resume=resume, compile=compile, device=device, threads=threads, workers=workers,
-            init=str(init) if init else "", grow=grow, film=film, partial=partial, full_range=full_range, balance=balance,
+            init=str(init) if init else "", grow=grow, film=film, partial=partial, full_range=full_range, despeckled=despeckled,
+            balance=balance,
             sample_by=sample_by, lambdas=[float(v) for v in lambdas.split(",")] if lambdas else [],
             model=(ModelConfig.fast() if preset == "fast" else ModelConfig()).to_dict(),
         )

@@ -8,7 +8,9 @@ Training samples go through the same preprocessing as ``encode`` (``sarcodec.pre
   (a Gaussian multilook, sigma 0.6-2.5 px: weak-speckle products such as multi-temporal averages,
   whose neighbouring pixels differ by ~0.2-0.3 dB where the 8-bit sources differ by ~0.9 dB),
   random gain over 60 dB -- and mapped with the ``log`` domain fitted on the crop, as ``encode``
-  does for uint16 / float32 input.
+  does for uint16 / float32 input;
+* with ``despeckled`` > 0, that share of the crops is drawn first as despeckled full-range products
+  (``despeckled_product``: block-multilooked, decimated and Lee-filtered; sharp structure, weak speckle).
 
 In ``partial`` of the crops the last rows and/or columns (up to one latent block less 1 px) are
 replaced by copies of the last kept row / column and left out of the distortion and the pixel
@@ -87,6 +89,7 @@ class TrainConfig:
     sample_by: str = "file"  # how crops pick their raster: see sampling_weights
     partial: float = 0.25  # share of crops with a partial last block row / column (see module docstring)
     full_range: float = 0.5  # share of crops made full-range intensities (see module docstring)
+    despeckled: float = 0.0  # share of crops made despeckled full-range products (despeckled_product), before full_range
     model: dict = field(default_factory=dict)  # architecture: ModelConfig.to_dict() (empty: the default model)
 
 
@@ -140,9 +143,13 @@ def load_band(path: Path) -> np.ndarray:
         return ds.read(1)
 
 
-def random_sample(img: np.ndarray, crop: int, rng: np.random.Generator, full_range: float = 0.5) -> np.ndarray:
-    """One normalised training crop (see module docstring); ``full_range``: the chance that it is made
-    a full-range intensity crop instead of coded as the 8-bit product."""
+def random_sample(img: np.ndarray, crop: int, rng: np.random.Generator, full_range: float = 0.5,
+                  despeckled: float = 0.0) -> np.ndarray:
+    """One normalised training crop (see module docstring); ``despeckled``: the chance that it is a
+    despeckled product (``despeckled_product``); else ``full_range``: the chance that it is made a
+    full-range intensity crop instead of coded as the 8-bit product."""
+    if despeckled and rng.random() < despeckled:  # no draw at 0: the recipes before the option draw as they did
+        return despeckled_product(img, crop, rng)
     h, w = img.shape
     if h < crop or w < crop:
         img = np.pad(img, ((0, max(0, crop - h)), (0, max(0, crop - w))), mode="reflect")
@@ -193,6 +200,55 @@ def synthetic_full_range(v8: np.ndarray, rng: np.random.Generator, multilook: fl
         inten = inten * rng.gamma(looks, 1.0 / looks, size=inten.shape)
     if rng.random() < multilook:
         inten = gaussian_multilook(inten, float(rng.uniform(0.6, 2.5)))
+    return log_normalised(inten, rng)
+
+
+def box_mean(x: np.ndarray, r: int) -> np.ndarray:
+    """Mean over the (2r+1)^2 window around each pixel (reflecting borders), from summed-area tables."""
+    n = 2 * r + 1
+    h, w = x.shape
+    c = np.pad(np.pad(x, r, mode="reflect").cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    return (c[n:, n:] - c[:h, n:] - c[n:, :w] + c[:h, :w]) / (n * n)
+
+
+def lee_filter(inten: np.ndarray, r: int = 2, looks: float = 4.0) -> np.ndarray:
+    """Lee's adaptive speckle filter of an intensity image: the local mean where the local variation is
+    what ``looks``-look speckle gives, the pixel itself where it is far above (edges, point targets)."""
+    m = box_mean(inten, r)
+    var = np.maximum(box_mean(inten * inten, r) - m * m, 0.0)
+    cu2 = 1.0 / looks
+    ci2 = var / np.maximum(m * m, 1e-30)
+    k = np.clip((ci2 - cu2) / np.maximum(ci2 * (1.0 + cu2), 1e-30), 0.0, 1.0)
+    return m + k * (inten - m)
+
+
+def despeckled_product(img: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
+    """A normalised full-range crop that looks like a despeckled product (multi-temporal averages such as
+    the CNNSpeckleFilter snippets: little speckle, sharp structure): a k*crop square of the 8-bit image
+    (k = 2..4 where the image is that large) as intensity, averaged over k x k blocks (multilooked and
+    decimated: the speckle decorrelates and weakens, the structure stays sharp on the coarser grid),
+    Lee-filtered (5 x 5, 4 looks), rotated / flipped, at a random gain, in the log domain.  Its
+    statistics come closer to those snippets' than ``gaussian_multilook``'s (median neighbour difference
+    ~5/255 of the normalised range in both; the Gaussian leaves almost no power at 0.15-0.3 cycles/px)."""
+    h, w = img.shape
+    ks = [k for k in (2, 3, 4) if k * crop <= min(h, w)] or [1]
+    k = int(ks[rng.integers(0, len(ks))])
+    n = k * crop
+    if h < n or w < n:
+        img = np.pad(img, ((0, max(0, n - h)), (0, max(0, n - w))), mode="reflect")
+        h, w = img.shape
+    r, c = rng.integers(0, h - n + 1), rng.integers(0, w - n + 1)
+    inten = (img[r : r + n, c : c + n].astype(np.float64) / 255.0) ** 2
+    inten = lee_filter(inten.reshape(crop, k, crop, k).mean(axis=(1, 3)))
+    inten = np.rot90(inten, int(rng.integers(0, 4)))
+    if rng.random() < 0.5:
+        inten = inten[:, ::-1]
+    return log_normalised(inten, rng)
+
+
+def log_normalised(inten: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """An intensity crop at a random gain (60 dB), mapped with the ``log`` domain fitted on it, as
+    ``encode`` maps uint16 / float32 input."""
     inten = inten * 10.0 ** rng.uniform(-3, 3)
     valid = inten > 0
     m = fit_mapping(np.dtype(np.float32), inten[valid], "log")
@@ -201,11 +257,12 @@ def synthetic_full_range(v8: np.ndarray, rng: np.random.Generator, multilook: fl
 
 
 def draw_batch(images: list[np.ndarray], pick: np.ndarray | None, batch: int, crop: int, partial: float, block: int,
-               qualities: int, rng: np.random.Generator, full_range: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               qualities: int, rng: np.random.Generator, full_range: float = 0.5,
+               despeckled: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One training batch: crops (B, 1, crop, crop) float32, masks of their real pixels (same shape)
     and quality indices (B,), drawn from ``rng`` in the order every recipe so far has used."""
     which = rng.integers(0, len(images), batch) if pick is None else rng.choice(len(images), batch, p=pick)
-    crops = [random_sample(images[i], crop, rng, full_range) for i in which]
+    crops = [random_sample(images[i], crop, rng, full_range, despeckled) for i in which]
     masks = [np.ones_like(c) for c in crops]
     for j in np.flatnonzero(rng.random(batch) < partial):
         crops[j], masks[j] = partial_block(crops[j], block, rng)
@@ -310,8 +367,11 @@ class BatchLoader:
         self.procs = []
 
 
-def val_set(images: list[np.ndarray], size: int = 256, limit: int = 16) -> torch.Tensor:
+def val_set(images: list[np.ndarray], size: int = 256, limit: int = 16, despeckled: bool = False) -> torch.Tensor:
+    """Per image: its centre as 8-bit, re-speckled full range, and multilooked; with ``despeckled`` also
+    a despeckled product (drawn from a generator of its own, so the other crops stay as they were)."""
     rng = np.random.default_rng(1234)
+    rng_d = np.random.default_rng(4321)
     out = []
     for img in images[:limit]:
         h, w = img.shape
@@ -322,6 +382,8 @@ def val_set(images: list[np.ndarray], size: int = 256, limit: int = 16) -> torch
         out.append(v / 255.0)
         out.append(synthetic_full_range(v, rng, multilook=0.0))
         out.append(synthetic_full_range(v, rng, multilook=1.0))
+        if despeckled:
+            out.append(despeckled_product(img, size, rng_d).astype(np.float32))
     return torch.from_numpy(np.stack(out)[:, None])
 
 
@@ -414,7 +476,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     log(f"loading {len(train_files)} training and {len(val_files)} validation rasters")
     images = [load_band(f) for f in train_files]
     pick = sampling_weights([im.size for im in images], [source_of.get(f, 0) for f in train_files], cfg.sample_by)
-    val_x = val_set([load_band(f) for f in val_files])
+    val_x = val_set([load_band(f) for f in val_files], despeckled=cfg.despeckled > 0)
 
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)  # before hours of training, not at the first checkpoint
@@ -490,7 +552,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         return v["balanced"] if cfg.balance else v["loss"]
 
     draw = functools.partial(draw_batch, images, pick, cfg.batch, cfg.crop, cfg.partial, model.cfg.stride, model.cfg.qualities,
-                             full_range=cfg.full_range)
+                             full_range=cfg.full_range, despeckled=cfg.despeckled)
     batches = BatchLoader(draw, rng, loader_workers(cfg.workers, device), key=[cfg.seed, step])
     try:
         model.train()

@@ -390,3 +390,42 @@ def test_full_range_share_of_the_crops():
         rng.integers(0, 200 - 64 + 1), rng.integers(0, 200 - 64 + 1), rng.integers(0, 4), rng.random()
         old.append(bool(rng.random() < 0.5))
     assert got == old and 0 < sum(got) < 40
+
+
+def test_lee_filter_smooths_flat_speckle_and_keeps_edges_and_points():
+    rng = np.random.default_rng(1)
+    flat = rng.gamma(4.0, 1.0 / 4.0, (64, 64))  # 4-look speckle on a flat scene
+    out = train_mod.lee_filter(flat, 2, 4.0)
+    assert out.shape == flat.shape and abs(out.mean() - flat.mean()) < 0.02
+    assert out.var() < 0.3 * flat.var()
+    scene = np.ones((64, 64))
+    scene[:, 32:] = 100.0  # a 20 dB step and a point target: far above what speckle varies by
+    scene[10, 50] = 10000.0
+    kept = train_mod.lee_filter(scene, 2, 4.0)
+    assert np.allclose(kept[:, :30], 1.0) and np.allclose(kept[20:, 34:], 100.0)  # flat on either side ...
+    assert (kept[:, 31] < 20).all() and (kept[:, 32] > 75).all() and kept[10, 50] > 7500  # ... and still a step, and a point
+    assert np.allclose(train_mod.box_mean(np.arange(35.0).reshape(5, 7), 1)[2, 3], 17.0)  # a 3 x 3 mean
+
+
+def test_despeckled_products_are_drawn_only_when_asked():
+    """--despeckled 0 draws as before (no extra random number); 1 makes every crop a despeckled product:
+    full range, finite, and (multilooked k x k, Lee-filtered) far smoother than the re-speckled crops."""
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:600, :600]
+    reflectivity = 0.05 + 0.3 * (np.sin(xx / 40.0) * np.cos(yy / 55.0)) ** 2
+    img = np.clip(255 * np.sqrt(reflectivity * rng.gamma(4.0, 0.25, (600, 600))), 1, 255).astype(np.uint8)
+    for s in range(5):
+        a = train_mod.random_sample(img, 128, np.random.default_rng(s), 0.5)
+        assert np.array_equal(a, train_mod.random_sample(img, 128, np.random.default_rng(s), 0.5, 0.0))
+    rng = np.random.default_rng(5)
+    d = [train_mod.random_sample(img, 128, rng, 0.0, 1.0) for _ in range(6)]
+    f = [train_mod.log_normalised((img[i : i + 128, :128] / 255.0) ** 2, rng) for i in range(0, 360, 60)]  # as speckled
+    assert all(c.shape == (128, 128) and c.dtype == np.float32 and np.isfinite(c).all() for c in d)
+    assert not np.allclose(d[0] * 255.0, np.round(d[0] * 255.0), atol=1e-3)  # not the 8-bit product
+
+    def roughness(c: np.ndarray) -> float:
+        return float(np.median(np.abs(np.diff(c, axis=1))) / (np.percentile(c, 99) - np.percentile(c, 1)))
+
+    assert np.median([roughness(c) for c in d]) < 0.5 * np.median([roughness(c) for c in f])
+    small = train_mod.despeckled_product(img[:100, :90], 128, np.random.default_rng(0))  # smaller than one crop: padded
+    assert small.shape == (128, 128) and np.isfinite(small).all()
