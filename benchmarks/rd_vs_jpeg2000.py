@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--qualities", default="1-8")
     ap.add_argument("--codecs", default=",".join(CODECS))
     ap.add_argument("--preset", default="default", help="shipped models to measure: default (the encoder chooses "
-                    "between its two per file) or fast")
+                    "among its models per file) or fast")
     ap.add_argument("--weights", type=Path, default=None, help="weights file to measure instead of a preset")
     ap.add_argument("--sets", default="s1,float",
                     help="comma-separated evaluation sets: s1 (s1-vh-8bit), float, mstar (mstar-xband-8bit)")

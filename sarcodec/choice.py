@@ -1,7 +1,8 @@
 """Per-file choice among a preset's models.
 
 A preset may ship several models with one architecture and one quality ladder -- the default one
-ships a general SAR model and a Sentinel-1 specialist -- and no single one codes every sensor best.
+ships a general SAR model, a Sentinel-1 specialist and one for despeckled (multi-temporally averaged)
+products -- and no single one codes every sensor and product best.
 The encoder codes a few sample windows of the image with each, keeps the model with the lowest
 rate-distortion cost J = bpp + lambda_q * 255^2 * MSE (the objective they were trained on, in the
 normalised domain) and writes its name and id in the header as always; decoding needs nothing new.
