@@ -1,5 +1,5 @@
 """The default preset's per-file model choice: where it samples, what it picks on real data, and that
-files made with either model decode by themselves."""
+files made with any of its models decode by themselves."""
 from __future__ import annotations
 
 import numpy as np
