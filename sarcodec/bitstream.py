@@ -508,7 +508,8 @@ def read_core(buf: bytes, major: int = MAJOR) -> tuple[dict, int]:
             span, pos = read_varint(buf, pos, "header band mapping", NUMBER_MAX - 1, width=7)
             if span < 1:
                 raise FormatError("header band mapping malformed")
-            m["lo"], m["hi"] = float(f"{unzigzag(z)}e-2"), float(f"{unzigzag(z) + span}e-2")
+            k = unzigzag(z)
+            m["lo"], m["hi"] = float(f"{k}e-2"), float(f"{k + span}e-2")
         else:
             m["lo"], pos = read_number(buf, pos, "band mapping")
             m["hi"], pos = read_number(buf, pos, "band mapping")

@@ -150,20 +150,28 @@ def random_sample(img: np.ndarray, crop: int, rng: np.random.Generator, full_ran
     full-range intensity crop instead of coded as the 8-bit product."""
     if despeckled and rng.random() < despeckled:  # no draw at 0: the recipes before the option draw as they did
         return despeckled_product(img, crop, rng)
-    h, w = img.shape
-    if h < crop or w < crop:
-        img = np.pad(img, ((0, max(0, crop - h)), (0, max(0, crop - w))), mode="reflect")
-        h, w = img.shape
-    r = rng.integers(0, h - crop + 1)
-    c = rng.integers(0, w - crop + 1)
-    v = img[r : r + crop, c : c + crop].astype(np.float32)
-    k = rng.integers(0, 4)
-    v = np.rot90(v, k)
-    if rng.random() < 0.5:
-        v = v[:, ::-1]
+    v = random_orientation(random_window(img, crop, rng).astype(np.float32), rng)
     if rng.random() < 1.0 - full_range:  # 0.5 (the default) draws as every recipe before the option did
         return np.ascontiguousarray(v / 255.0, dtype=np.float32)
     return synthetic_full_range(v, rng)
+
+
+def random_window(img: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """An n x n window of ``img`` at a random place (row, then column drawn), the image first extended
+    by reflection where it is smaller than that."""
+    h, w = img.shape
+    if h < n or w < n:
+        img = np.pad(img, ((0, max(0, n - h)), (0, max(0, n - w))), mode="reflect")
+        h, w = img.shape
+    r = rng.integers(0, h - n + 1)
+    c = rng.integers(0, w - n + 1)
+    return img[r : r + n, c : c + n]
+
+
+def random_orientation(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``x`` turned by a random multiple of 90 degrees, then mirrored with probability 1/2."""
+    x = np.rot90(x, rng.integers(0, 4))
+    return x[:, ::-1] if rng.random() < 0.5 else x
 
 
 def partial_block(v: np.ndarray, block: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -230,20 +238,11 @@ def despeckled_product(img: np.ndarray, crop: int, rng: np.random.Generator) -> 
     Lee-filtered (5 x 5, 4 looks), rotated / flipped, at a random gain, in the log domain.  Its
     statistics come closer to those snippets' than ``gaussian_multilook``'s (median neighbour difference
     ~5/255 of the normalised range in both; the Gaussian leaves almost no power at 0.15-0.3 cycles/px)."""
-    h, w = img.shape
-    ks = [k for k in (2, 3, 4) if k * crop <= min(h, w)] or [1]
+    ks = [k for k in (2, 3, 4) if k * crop <= min(img.shape)] or [1]
     k = int(ks[rng.integers(0, len(ks))])
-    n = k * crop
-    if h < n or w < n:
-        img = np.pad(img, ((0, max(0, n - h)), (0, max(0, n - w))), mode="reflect")
-        h, w = img.shape
-    r, c = rng.integers(0, h - n + 1), rng.integers(0, w - n + 1)
-    inten = (img[r : r + n, c : c + n].astype(np.float64) / 255.0) ** 2
+    inten = (random_window(img, k * crop, rng).astype(np.float64) / 255.0) ** 2
     inten = lee_filter(inten.reshape(crop, k, crop, k).mean(axis=(1, 3)))
-    inten = np.rot90(inten, int(rng.integers(0, 4)))
-    if rng.random() < 0.5:
-        inten = inten[:, ::-1]
-    return log_normalised(inten, rng)
+    return log_normalised(random_orientation(inten, rng), rng)
 
 
 def log_normalised(inten: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -383,7 +382,7 @@ def val_set(images: list[np.ndarray], size: int = 256, limit: int = 16, despeckl
         out.append(synthetic_full_range(v, rng, multilook=0.0))
         out.append(synthetic_full_range(v, rng, multilook=1.0))
         if despeckled:
-            out.append(despeckled_product(img, size, rng_d).astype(np.float32))
+            out.append(despeckled_product(img, size, rng_d))
     return torch.from_numpy(np.stack(out)[:, None])
 
 
