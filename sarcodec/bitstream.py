@@ -1,63 +1,66 @@
-"""The ``.sarc`` container, version 6 (reads 1.x-5.x too): written and read only here.
+"""The ``.sarc`` container, version 7 (reads 1.x-6.x too): written and read only here.
 
-Byte layout of format 6 (integers little-endian; "varint" is unsigned LEB128, 7 bits a byte, low
+Byte layout of format 7 (integers little-endian; "varint" is unsigned LEB128, 7 bits a byte, low
 group first, in its shortest form)::
 
     offset      size   field
     0           4      magic  b"SARC"
-    4           1      major format version (6); readers refuse majors they do not know
-    5           1      minor format version (1); additive changes only
+    4           1      major format version (7); readers refuse majors they do not know
+    5           1      minor format version (0); additive changes only
     6           varint L = header length in bytes (at most 16 MiB)
     .           L      header: the binary core below, then (if anything is left of the L bytes) the
                        other fields of ``Header`` as a UTF-8 JSON object (at most 16 MiB inflated)
                        in a raw DEFLATE stream (RFC 1951) with the preset dictionary ``HEADER_DICT_4``
-    .           8*N-4  tile table, one record per band-tile in order (band, tile row, tile col),
-                       N = bands * tiles_y * tiles_x as the header gives them:
-                         u32 payload length in bytes (not in the last record: the last payload
-                             runs to the end of the file)
+    .           8*N-8  tile table, one record per band-tile in order (band, tile row, tile col) but
+                       the last, N = bands * tiles_y * tiles_x as the header gives them:
+                         u32 payload length in bytes
                          u32 CRC-32 of the payload
-    .           4      CRC-32 of every byte before it (magic to the end of the table)
+    .           4      CRC-32 of every byte before it (magic to the end of the table) followed by
+                       the last tile's payload (which runs from the end of the others to the end
+                       of the file)
     .           ...    tile payloads, back to back in table order; the file ends with the last one
 
-A reader checks the last payload's CRC when it opens the file, so a truncated file, or one with
-bytes appended, is refused before any tile is used.
+A reader checks that CRC, and so the last payload, when it opens the file: a truncated file, or one
+with bytes appended, is refused before any tile is used.
 
 The header's binary core ("number": a float stored bit-exactly by ``number_bytes``: one tag byte t,
 then for t < 254 a zigzag varint m and the value is m * 10**(t - 127), the float's shortest decimal
 form; t = 254 is 0.0; t = 255 is followed by the float64)::
 
     varint width, varint height, varint bands
-    u8     dtype, index into DTYPES
+    u8     bits 0-3 dtype, index into DTYPES; bits 4-7 quality - 1
     varint tile size / 64
-    u8     quality
     varint model: k > 0 is MODEL_TABLE[k - 1]; 0: varint length, UTF-8 name, 8-byte id follow
-    u8     flags: 1 nodata, 2 transform, 4 CRS as an EPSG code, 8 encoder version (format 6)
+    u8     flags: 1 nodata, 2 transform, 4 CRS as an EPSG code, 8 encoder version (formats 6 and 7)
     [number nodata] [varint EPSG code] [6 numbers: the affine transform a, b, c, d, e, f]
     per band, its mapping (``sarcodec.preprocess.BandMapping``): u8 bits 0-1 domain (``DOMAINS``),
            bit 2 factor 20, bit 3 factor follows (else 10), bit 4 floor follows (else 0),
            bit 5 (6.1) lo and hi in hundredths: zigzag varint 100 lo, varint 100 (hi - lo) (else
            numbers lo, hi); then numbers [factor], [floor]
-    [3 varints: the encoder "sarcodec X.Y.Z" as X, Y, Z; the writer puts it here or in the JSON
-           part, whichever makes the header shorter]
+    [varint 10000 X + 100 Y + Z: the encoder "sarcodec X.Y.Z" (X < 1024, Y and Z < 100); the writer
+           puts it here or in the JSON part, whichever makes the header shorter]
 
 The JSON part holds what the core does not (``EXTRA_FIELDS``: a CRS that is not a plain EPSG code, GCPs,
 band descriptions, units, tags, scales and offsets, an encoder version of another form) and leaves
 out fields at their default value.  For the small chips of SAR machine-learning datasets this matters:
 everything but the coded data of a georeferenced 256 x 256 float32 CNNSpeckleFilter chip (with a band
-description and a tag) is 87 bytes in format 6.1, 91 in 6.0 and 96 in format 5 (header 72 in 6.1,
-75 in 6.0 and 5, of which 38 are its affine transform), 107 in format 4 (header 86), 127 in format 3;
-the header of a chip without georeferencing, descriptions or tags is 21 bytes in format 6.1, 24 in
-6.0, 27 in format 5, 40 in format 4.
+description and a tag) is 81 bytes in format 7, 87 in 6.1, 91 in 6.0 and 96 in format 5 (header 70
+in 7, 72 in 6.1, 75 in 6.0 and 5, of which 38 are its affine transform), 107 in format 4 (header 86),
+127 in format 3; the header of a chip without georeferencing, descriptions or tags is 18 bytes in
+format 7, 21 in 6.1, 24 in 6.0, 27 in format 5, 40 in format 4.
 
-Formats 1-5 and 6.0 (still read): 1.0 first release; 1.1 header fields at their default value may be left
+Formats 1-6 (still read): 1.0 first release; 1.1 header fields at their default value may be left
 out; 2.0 header deflated with the preset dictionary ``HEADER_DICT``; 3.0 tile flag 4, a trimmed
 final range-coder word; 4.0 the layout above, 20 bytes less for a one-tile file, with the whole
 header as deflated JSON (``HEADER_DICT_4``, which knows the newer models, ~16 bytes less); 4.1 the
 float64 dtype, and models shipped after 4.0 named without their id, see ``MODELS``; 4.2 tile flag 8,
 exact pixels; 5.0 the binary header core (without flag 8: the encoder version in the JSON part)
 and, before the tile table, varint N, with a length in every record, the last too; 6.0 (this
-layout) without mapping bit 5: lo and hi always as numbers (its encoder rounded dB levels to
-0.001 dB; 6.1 rounds them to 0.01 dB).  Formats 1-3
+layout, but the last record holds the last payload's u32 CRC-32, which the reader checks when it
+opens the file, and the closing CRC covers the bytes before it alone; in the core, dtype and
+quality in a byte each, the encoder version as 3 varints X, Y, Z) without mapping bit 5: lo and hi
+always as numbers (its encoder rounded dB levels to 0.001 dB); 6.1 with mapping bit 5 (the encoder
+rounds them to 0.01 dB).  Formats 1-3
 have a fixed 16-byte prelude -- magic, major, minor, u16 reserved, u32 L, u32 CRC-32 of the
 header -- then the header (1.x: a zlib stream; 2.x and 3.x: raw DEFLATE with
 ``HEADER_DICT``), u32 N, N records of u64 payload offset from the start of the file, u32 length and
@@ -99,9 +102,9 @@ import zlib
 from dataclasses import asdict, dataclass, field
 
 MAGIC = b"SARC"
-MAJOR = 6  # the version this writes
-MINOR = 1  # additive changes only: an older 6.x reader refuses only files that use them
-READS = (1, 2, 3, 4, 5, 6)  # majors this reader understands
+MAJOR = 7  # the version this writes
+MINOR = 0  # additive changes only: an older 7.x reader refuses only files that use them
+READS = (1, 2, 3, 4, 5, 6, 7)  # majors this reader understands
 MAX_HEADER = 16 * 2**20
 MAX_DIM = 2**24
 MAX_BANDS = 4096
@@ -168,7 +171,7 @@ MODEL_INDEX = {m: i + 1 for i, m in enumerate(MODEL_TABLE)}
 # bytes instead of the ~17 that a 16-digit id the dictionary has never seen costs.
 MODELS = dict(MODEL_TABLE[MODEL_INDEX[("sarcodec-hp7s2", "9f7c575ec8063de5")] :])
 
-# The binary header core (formats 5 and 6): flags, band mapping bits, the fields it leaves to the JSON part.
+# The binary header core (formats 5-7): flags, band mapping bits, the fields it leaves to the JSON part.
 CORE_NODATA, CORE_TRANSFORM, CORE_EPSG, CORE_ENCODER = 1, 2, 4, 8
 DOMAINS = ("identity", "log", "db")  # mapping bits 0-1
 MAP_FACTOR20, MAP_FACTOR, MAP_FLOOR, MAP_CENTI = 4, 8, 16, 32
@@ -252,7 +255,7 @@ class Header(TileLayout):
         in 4.x all of it as deflated JSON (kept so that tests can write such files)."""
         major = MAJOR if major is None else major
         d = self.stored_fields()
-        if major >= 5:  # format 6: the encoder version in the core or the JSON part, whichever is shorter
+        if major >= 5:  # formats 6 and 7: the encoder version in the core or the JSON part, whichever is shorter
             forms = []
             for in_core in (True, False) if major >= 6 else (False,):
                 core, held = core_bytes(self, major, in_core)
@@ -391,12 +394,16 @@ def _epsg(crs: str | None) -> int | None:
     return None
 
 
-def _encoder_version(encoder: str) -> tuple[int, int, int] | None:
-    """(X, Y, Z) of "sarcodec X.Y.Z" (plain decimal numbers), else None."""
+def _encoder_version(encoder: str, major: int = MAJOR) -> tuple[int, int, int] | None:
+    """(X, Y, Z) of "sarcodec X.Y.Z" (plain decimal numbers; from format 7 X < 1024 and Y, Z < 100, as
+    one varint 10000 X + 100 Y + Z), else None."""
     parts = encoder.removeprefix("sarcodec ").split(".") if encoder.startswith("sarcodec ") else []
     if len(parts) != 3 or not all(p.isdigit() and p.isascii() and p == str(int(p)) and int(p) < 2**20 for p in parts):
         return None
-    return int(parts[0]), int(parts[1]), int(parts[2])
+    x, y, z = map(int, parts)
+    if major >= 7 and not (x < 1024 and y < 100 and z < 100):
+        return None
+    return x, y, z
 
 
 def _centi_bytes(lo: float, hi: float) -> bytes | None:
@@ -411,19 +418,23 @@ def _centi_bytes(lo: float, hi: float) -> bytes | None:
 
 
 def core_bytes(h: Header, major: int = MAJOR, encoder: bool = True) -> tuple[bytes, set[str]]:
-    """The binary core of ``h`` as format ``major`` (5 or 6) stores it (see the module docstring), and
+    """The binary core of ``h`` as format ``major`` (5-7) stores it (see the module docstring), and
     the fields of ``EXTRA_FIELDS`` it holds; ``encoder``: with the encoder version if it has the form
-    "sarcodec X.Y.Z" (format 6)."""
+    "sarcodec X.Y.Z" (formats 6 and 7)."""
     if h.tile % 64 or h.dtype not in DTYPES:
         raise ValueError("header tile size or dtype cannot be stored")
     model = MODEL_INDEX.get((h.model_name, h.model_id), 0)
-    out = [varint(h.width), varint(h.height), varint(h.bands), bytes([DTYPES.index(h.dtype)]), varint(h.tile // 64),
-           bytes([h.quality]), varint(model)]
+    if major >= 7:  # dtype and quality share a byte
+        out = [varint(h.width), varint(h.height), varint(h.bands), bytes([DTYPES.index(h.dtype) | (h.quality - 1) << 4]),
+               varint(h.tile // 64), varint(model)]
+    else:
+        out = [varint(h.width), varint(h.height), varint(h.bands), bytes([DTYPES.index(h.dtype)]), varint(h.tile // 64),
+               bytes([h.quality]), varint(model)]
     if not model:
         name = h.model_name.encode()
         out += [varint(len(name)), name, bytes.fromhex(h.model_id)]
     epsg = _epsg(h.crs)
-    version = _encoder_version(h.encoder) if encoder and major >= 6 else None
+    version = _encoder_version(h.encoder, major) if encoder and major >= 6 else None
     out.append(bytes([(CORE_NODATA if h.nodata is not None else 0) | (CORE_TRANSFORM if h.transform is not None else 0)
                       | (CORE_EPSG if epsg is not None else 0) | (CORE_ENCODER if version is not None else 0)]))
     if h.nodata is not None:
@@ -445,7 +456,7 @@ def core_bytes(h: Header, major: int = MAJOR, encoder: bool = True) -> tuple[byt
         out += [number_bytes(factor)] if factor not in (10.0, 20.0) else []
         out += [number_bytes(floor)] if floor != 0.0 else []
     if version is not None:
-        out += [varint(v) for v in version]
+        out += [varint(10000 * version[0] + 100 * version[1] + version[2])] if major >= 7 else [varint(v) for v in version]
     return b"".join(out), {k for k, held in (("crs", epsg is not None), ("encoder", version is not None)) if held}
 
 
@@ -462,12 +473,15 @@ def read_core(buf: bytes, major: int = MAJOR) -> tuple[dict, int]:
     for k, limit in (("width", MAX_DIM), ("height", MAX_DIM), ("bands", MAX_BANDS)):
         d[k], pos = read_varint(buf, pos, f"header {k}", limit)
     dtype, pos = _read_byte(buf, pos, "dtype")
+    if major >= 7:  # bits 0-3 dtype, 4-7 quality - 1
+        dtype, d["quality"] = dtype & 15, (dtype >> 4) + 1
     if dtype >= len(DTYPES):
         raise FormatError(f"header dtype code {dtype} unknown")
     d["dtype"] = DTYPES[dtype]
     tile, pos = read_varint(buf, pos, "header tile size", 128)
     d["tile"] = 64 * tile
-    d["quality"], pos = _read_byte(buf, pos, "quality")
+    if major < 7:
+        d["quality"], pos = _read_byte(buf, pos, "quality")
     model, pos = read_varint(buf, pos, "header model number", 2**20)
     if model > len(MODEL_TABLE):
         raise FormatError(f"header names model number {model}, which this sarcodec does not know (a newer sarcodec "
@@ -520,7 +534,10 @@ def read_core(buf: bytes, major: int = MAJOR) -> tuple[dict, int]:
         if bits & MAP_FLOOR:
             m["floor"], pos = read_number(buf, pos, "band mapping")
         d["mappings"].append(m)
-    if flags & CORE_ENCODER:
+    if flags & CORE_ENCODER and major >= 7:
+        v, pos = read_varint(buf, pos, "header encoder version", 1024 * 10000 - 1)
+        d["encoder"] = f"sarcodec {v // 10000}.{v // 100 % 100}.{v % 100}"
+    elif flags & CORE_ENCODER:
         version = []
         for _ in range(3):
             v, pos = read_varint(buf, pos, "header encoder version", 2**20 - 1)
@@ -563,15 +580,19 @@ def read_varint(buf: bytes, pos: int, what: str, limit: int, width: int = 5) -> 
 
 
 def head_bytes(hj: bytes, n_tiles: int) -> bytes:
-    """Formats 4-6 up to the tile table: magic, version, header length, header (4 and 5: record count)."""
+    """Formats 4-7 up to the tile table: magic, version, header length, header (4 and 5: record count)."""
     if len(hj) > MAX_HEADER:
         raise FormatError("header too large")
     return MAGIC + bytes([MAJOR, MINOR]) + varint(len(hj)) + hj + (varint(n_tiles) if MAJOR < 6 else b"")
 
 
-def table_bytes(head: bytes, entries: list[TileEntry]) -> bytes:
-    """The tile table of formats 4-6 and the CRC-32 that closes it (over ``head`` and the table)."""
+def table_bytes(head: bytes, entries: list[TileEntry], last: bytes = b"") -> bytes:
+    """The tile table of formats 4-7 and the CRC-32 that closes it: over ``head`` and the table, and
+    in format 7 over ``last``, the last tile's payload, too (its record is left out)."""
     body = b"".join(struct.pack("<II", e.length, e.crc) for e in entries)
+    if MAJOR >= 7:
+        body = body[:-8]
+        return body + struct.pack("<I", zlib.crc32(last, zlib.crc32(body, zlib.crc32(head))))
     if MAJOR >= 6:  # the last payload's length is the rest of the file
         body = body[: -8] + body[-4:]
     return body + struct.pack("<I", zlib.crc32(body, zlib.crc32(head)))
@@ -579,14 +600,14 @@ def table_bytes(head: bytes, entries: list[TileEntry]) -> bytes:
 
 def table_size(n_tiles: int) -> int:
     """Bytes of ``table_bytes`` for ``n_tiles`` records."""
-    return 8 * n_tiles + (0 if MAJOR >= 6 else 4)
+    return 8 * n_tiles + (-4 if MAJOR >= 7 else 0 if MAJOR >= 6 else 4)
 
 
 def pack(header: Header, payloads: list[bytes]) -> bytes:
     """Serialise a whole file (in-memory variant of ``Writer``)."""
     head = head_bytes(header.to_bytes(), len(payloads))
     entries = [TileEntry(0, len(p), zlib.crc32(p)) for p in payloads]
-    return b"".join([head, table_bytes(head, entries), *payloads])
+    return b"".join([head, table_bytes(head, entries, payloads[-1]), *payloads])
 
 
 class Reader:
@@ -615,7 +636,7 @@ class Reader:
             raise
 
     def _layout_4(self) -> tuple[Header, list[TileEntry]]:
-        """Formats 4-6: varint header length, header, (4, 5: varint record count,) table, its CRC."""
+        """Formats 4-7: varint header length, header, (4, 5: varint record count,) table, its CRC."""
         major = self.version[0]
         first = self._read(0, min(self.size, 6 + 5), "file header")
         hlen, pos = read_varint(first, 6, "header length", MAX_HEADER)
@@ -631,8 +652,11 @@ class Reader:
         else:
             n, tstart = read_varint(head, pos + hlen, "tile count", (self.size - pos - hlen) // 8)
             tlen = 8 * n + 4
+        if major >= 7:  # no record for the last tile
+            tlen -= 4
         table = self._read(tstart, tlen, "tile table")
-        if zlib.crc32(table[:-4], zlib.crc32(head[:tstart])) != struct.unpack_from("<I", table, tlen - 4)[0]:
+        running = zlib.crc32(table[:-4], zlib.crc32(head[:tstart]))
+        if major < 7 and running != struct.unpack_from("<I", table, tlen - 4)[0]:
             raise FormatError("header or tile table checksum mismatch (file corrupt)")
         if major < 6:
             header = Header.from_bytes(hj, major)
@@ -641,18 +665,27 @@ class Reader:
         entries, off = [], tstart + tlen
         for i in range(n):
             if major >= 6 and i == n - 1:
-                length, (crc,) = self.size - off, struct.unpack_from("<I", table, 8 * i)
+                length, crc = self.size - off, 0  # format 7: set from the payload below, once the CRC holds
+                if major < 7:
+                    (crc,) = struct.unpack_from("<I", table, 8 * i)
                 if length <= 0:
-                    raise FormatError(f"truncated file (its tiles before the last end at byte {off}, the file has {self.size})")
+                    raise FormatError(f"truncated or corrupt file (its tiles before the last end at byte {off}, "
+                                      f"the file has {self.size})")
             else:
                 length, crc = struct.unpack_from("<II", table, 8 * i)
             entries.append(TileEntry(off, length, crc))
             off += length
         if off > self.size:
-            raise FormatError(f"truncated file (its tiles end at byte {off}, the file has {self.size})")
+            raise FormatError(f"truncated or corrupt file (its tiles end at byte {off}, the file has {self.size})")
         if off < self.size:
             raise FormatError(f"{self.size - off} bytes after the last tile (file corrupt)")
-        if major >= 6 and zlib.crc32(self._read(entries[-1].offset, entries[-1].length, "last tile")) != entries[-1].crc:
+        if major >= 7:  # the closing CRC covers the last payload too; its entry keeps that payload's own CRC
+            last = self._read(entries[-1].offset, entries[-1].length, "last tile")
+            if zlib.crc32(last, running) != struct.unpack_from("<I", table, tlen - 4)[0]:
+                raise FormatError("truncated file, bytes after the last tile, or header, tile table or last tile "
+                                  "corrupt (checksum mismatch)")
+            entries[-1].crc = zlib.crc32(last)
+        elif major == 6 and zlib.crc32(self._read(entries[-1].offset, entries[-1].length, "last tile")) != entries[-1].crc:
             raise FormatError("truncated file, bytes after the last tile or last tile corrupt (its checksum does not match)")
         return header, entries
 
@@ -719,6 +752,7 @@ class Writer:
         f.write(self.head)
         self.table_at = f.tell()
         self.entries: list[TileEntry] = []
+        self.last = b""  # the last payload added: format 7's closing CRC covers it
         self.n = header.n_tiles
         f.write(b"\0" * table_size(self.n))
 
@@ -728,13 +762,14 @@ class Writer:
         off = self.f.seek(0, 2)
         self.f.write(payload)
         self.entries.append(TileEntry(off, len(payload), zlib.crc32(payload)))
+        self.last = payload
 
     def finish(self) -> int:
         if len(self.entries) != self.n:
             raise FormatError(f"{self.n - len(self.entries)} tiles were not written")
         end = self.f.seek(0, 2)
         self.f.seek(self.table_at)
-        self.f.write(table_bytes(self.head, self.entries))
+        self.f.write(table_bytes(self.head, self.entries, self.last))
         self.f.seek(end)
         return end
 

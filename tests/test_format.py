@@ -29,7 +29,7 @@ def small_file(model, s1_array) -> bytes:
     return sarcodec.encode_array(s1_array[0, :200, :330], 4, tile=128, model=model)
 
 
-@pytest.mark.parametrize("major", [4, 5, 6])
+@pytest.mark.parametrize("major", [4, 5, 6, 7])
 def test_header_roundtrip_exact_floats(major):
     h = Header(width=3, height=2, bands=2, dtype="float32", tile=64, quality=2, model_id="0123456789abcdef", model_name="m",
                mappings=[{"domain": "log", "lo": -23.123456789012345, "hi": 0.1 + 0.2, "floor": 1e-7},
@@ -51,46 +51,71 @@ def test_band_levels_in_hundredths_are_stored_as_such(lo, hi, centi):
     h = Header(width=3, height=2, bands=1, dtype="float32", tile=64, quality=2, model_id="98b41c1a6075dcd6",
                model_name="sarcodec-hp7", mappings=[{"domain": "log", "lo": lo, "hi": hi}])
     core6, core5 = bitstream.core_bytes(h, 6)[0], bitstream.core_bytes(h, 5)[0]
-    assert Header.from_bytes(h.to_bytes(), 6) == h and Header.from_bytes(h.to_bytes(5), 5) == h
+    assert Header.from_bytes(h.to_bytes(6), 6) == h and Header.from_bytes(h.to_bytes(5), 5) == h == Header.from_bytes(h.to_bytes())
     assert (len(core6) < len(core5)) == centi and (core6 == core5) == (not centi)
     if centi:
         with pytest.raises(FormatError, match="band mapping malformed"):  # format 5 has no such bit
-            Header.from_bytes(h.to_bytes(), 5)
+            Header.from_bytes(h.to_bytes(6), 5)
 
 
 def test_newer_minor_version_is_named(model, s1_array, monkeypatch):
-    # A 6.x reader refuses what a newer minor version adds, and says why
+    # A 7.x reader refuses what a newer minor version adds, and says why
     data = small_file(model, s1_array)
     levels = [{"domain": "db", "lo": -23.45, "hi": -3.21}]
-    for minor, says in ((2, r"malformed; the file is format 6\.2, newer than this sarcodec \(6\.1\): update sarcodec"),
-                        (1, r"header band mapping malformed$")):
+    for minor, says in ((1, r"malformed; the file is format 7\.1, newer than this sarcodec \(7\.0\): update sarcodec"),
+                        (0, r"header band mapping malformed$")):
         with monkeypatch.context() as m:
             m.setattr(bitstream, "MINOR", minor)
             m.setattr(bitstream, "MAP_CENTI", 64)  # stands in for a mapping bit this reader does not know
             newer = with_header(data, lambda d: d.update(mappings=levels))
-        assert newer[4:6] == bytes([6, minor])
+        assert newer[4:6] == bytes([7, minor])
         with pytest.raises(FormatError, match=says):
             sarcodec.decode_array(newer, model=model)
 
 
-@pytest.mark.parametrize("encoder, in_core", [("sarcodec 0.1.0", True), ("sarcodec 12.0.345", True), ("sarcodec 0.1", False),
-                                               ("sarcodec 0.1.0rc1", False), ("sarcodec 01.1.0", False), ("gdal 3.9.0", False),
-                                               ("sarcodec 0.1.٣", False), ("", False)])
-def test_encoder_version_is_stored_in_binary_when_it_can_be(encoder, in_core):
-    # format 6 stores "sarcodec X.Y.Z" as 3 varints in the header's core; any other text stays in its JSON part
+@pytest.mark.parametrize("encoder, in_core_6, in_core_7", [
+    ("sarcodec 0.1.0", True, True), ("sarcodec 1023.99.99", True, True), ("sarcodec 12.0.345", True, False),
+    ("sarcodec 1024.0.0", True, False), ("sarcodec 0.1", False, False), ("sarcodec 0.1.0rc1", False, False),
+    ("sarcodec 01.1.0", False, False), ("gdal 3.9.0", False, False), ("sarcodec 0.1.٣", False, False), ("", False, False)])
+def test_encoder_version_is_stored_in_binary_when_it_can_be(encoder, in_core_6, in_core_7):
+    # format 6 stores "sarcodec X.Y.Z" as 3 varints in the header's core, format 7 as one varint
+    # 10000 X + 100 Y + Z (X < 1024, Y and Z < 100); any other text stays in the JSON part
     h = Header(width=3, height=2, bands=1, dtype="uint8", tile=64, quality=2, model_id="98b41c1a6075dcd6", model_name="sarcodec-hp7",
                mappings=[{"domain": "identity", "lo": 0.0, "hi": 255.0}], encoder=encoder)
-    stored = h.to_bytes()
-    core, held = bitstream.core_bytes(h)
-    assert Header.from_bytes(stored, 6) == h and Header.from_bytes(h.to_bytes(5), 5) == h
-    assert (held == {"encoder"}) == in_core and (stored == core) == (in_core or not encoder)
-    if in_core:
-        assert core[7] == bitstream.CORE_ENCODER and len(stored) < len(h.to_bytes(5)) - 2
-        with pytest.raises(FormatError, match="unknown header flags"):  # format 5 has no such flag
-            Header.from_bytes(stored, 5)
-    # beside other JSON fields the version may cost less there: the writer takes the shorter form
-    tagged = dataclasses.replace(h, descriptions=["VH"], tags={"AREA_OR_POINT": "Area"})
-    assert Header.from_bytes(tagged.to_bytes(), 6) == tagged and len(tagged.to_bytes()) <= len(tagged.to_bytes(5))
+    for major, in_core, flags_at in ((6, in_core_6, 7), (7, in_core_7, 6)):
+        stored = h.to_bytes(major)
+        core, held = bitstream.core_bytes(h, major)
+        assert Header.from_bytes(stored, major) == h and Header.from_bytes(h.to_bytes(5), 5) == h
+        assert (held == {"encoder"}) == in_core and (stored == core) == (in_core or not encoder)
+        if in_core:
+            assert core[flags_at] == bitstream.CORE_ENCODER and len(stored) < len(h.to_bytes(5)) - 2
+            # format 5 has no such flag (nor format 7's quality in the dtype's byte)
+            with pytest.raises(FormatError, match="unknown header flags" if major == 6 else "dtype code 16 unknown"):
+                Header.from_bytes(stored, 5)
+        # beside other JSON fields the version may cost less there: the writer takes the shorter form
+        tagged = dataclasses.replace(h, descriptions=["VH"], tags={"AREA_OR_POINT": "Area"})
+        assert Header.from_bytes(tagged.to_bytes(major), major) == tagged and len(tagged.to_bytes(major)) <= len(tagged.to_bytes(5))
+    if in_core_7:  # 0.1.0: 1 byte instead of 3, and the quality shares the dtype's byte
+        x, y, z = map(int, encoder.split()[1].split("."))
+        assert h.to_bytes()[-len(bitstream.varint(10000 * x + 100 * y + z)) :] == bitstream.varint(10000 * x + 100 * y + z)
+        assert len(h.to_bytes()) == len(h.to_bytes(6)) - 1 - (len(b"".join(map(bitstream.varint, (x, y, z))))
+                                                             - len(bitstream.varint(10000 * x + 100 * y + z)))
+
+
+def test_dtype_and_quality_share_a_byte_in_format_7():
+    for dtype in bitstream.DTYPES:
+        for q in range(1, 9):
+            h = Header(width=3, height=2, bands=1, dtype=dtype, tile=64, quality=q, model_id="98b41c1a6075dcd6",
+                       model_name="sarcodec-hp7", mappings=[{"domain": "identity", "lo": 0.0, "hi": 255.0}])
+            stored = h.to_bytes()
+            assert stored[3] == bitstream.DTYPES.index(dtype) + 16 * (q - 1) and Header.from_bytes(stored) == h
+    bad = bytearray(stored)
+    bad[3] = 0x90  # quality 10
+    with pytest.raises(FormatError, match="quality 10 out of range"):
+        Header.from_bytes(bytes(bad))
+    bad[3] = 0x05  # dtype code 5
+    with pytest.raises(FormatError, match="dtype code 5 unknown"):
+        Header.from_bytes(bytes(bad))
 
 
 def test_format_5_header_is_smaller(tmp_path):
@@ -239,14 +264,14 @@ def test_shipped_models_are_named_by_number(s1_array, monkeypatch):
     m = sarcodec.load_model(bundled_path("sarcodec-hp7s3"))
     data = sarcodec.encode_array(s1_array[0, :96, :96], 2, model=m)
     r = bitstream.Reader(io.BytesIO(data), len(data))
-    assert r.header.model_id == m.model_id and r.version == (6, 1) and b"hp7s3" not in stored_header(data)
-    assert stored_header(data)[6] == bitstream.MODEL_INDEX[(m.name, m.model_id)] == 15
+    assert r.header.model_id == m.model_id and r.version == (7, 0) and b"hp7s3" not in stored_header(data)
+    assert stored_header(data)[5] == bitstream.MODEL_INDEX[(m.name, m.model_id)] == 15
     assert sarcodec.decode_array(data)[0].shape == (1, 96, 96)
     mine = dataclasses.replace(r.header, model_name="mine", model_id="0123456789abcdef")  # not shipped: named in full
     assert Header.from_bytes(mine.to_bytes()) == mine and b"mine" in mine.to_bytes()
     assert bitstream.MODEL_TABLE[16:] == (("sarcodec-hp7l", "964cb7c3393353bb"), ("sarcodec-hp7d", "9f48a4ac8cd16ad6"))
     with pytest.raises(FormatError, match="model number 19, which this sarcodec does not know"):
-        Header.from_bytes(stored_header(data)[:6] + bytes([19]) + stored_header(data)[7:])
+        Header.from_bytes(stored_header(data)[:5] + bytes([19]) + stored_header(data)[6:])
     monkeypatch.setattr(bitstream, "MAJOR", 4)
     monkeypatch.setattr(bitstream, "MINOR", 1)
     stored = bitstream.inflate_header(stored_header(sarcodec.encode_array(s1_array[0, :96, :96], 2, model=m)), 4)
@@ -279,7 +304,7 @@ def test_format_1_1_file_still_decodes(tmp_path, monkeypatch):
     monkeypatch.setattr(codec, "pad_to", edge_padded)  # the 53 x 53 chip is extended to 64 x 64
     like_old_encoders(monkeypatch)
     sarcodec.encode_file(src, new, quality=3, model=sarcodec.load_model(bundled_path("sarcodec-hp3")))
-    assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "6.1"
+    assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "7.0"
     old_b, new_b = old.read_bytes(), new.read_bytes()
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
@@ -305,7 +330,7 @@ def test_format_4_files_decode_as_a_new_file_does(model, s1_array, monkeypatch):
     new_b = sarcodec.encode_array(sea_with_ship("uint16")[0], 2, model=sarcodec.load_model(bundled_path("sarcodec-hp7s4")), tile=128)
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
-    assert r_old.version == (4, 2) and r_new.version == (6, 1) and r_old.header == r_new.header
+    assert r_old.version == (4, 2) and r_new.version == (7, 0) and r_old.header == r_new.header
     assert [r_old.payload(i) for i in range(6)] == [r_new.payload(i) for i in range(6)]
     assert r_old.payload(1)[0] & bitstream.FLAG_EXACT
     assert np.array_equal(sarcodec.decode_array(old_b)[0], sarcodec.decode_array(new_b)[0])
@@ -338,13 +363,14 @@ def test_format_5_file_decodes_as_a_new_file_does(tmp_path, monkeypatch):
     new_b = (tmp_path / "new.sarc").read_bytes()
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
-    assert r_old.version == (5, 0) and r_new.version == (6, 1) and r_old.header == r_new.header
+    assert r_old.version == (5, 0) and r_new.version == (7, 0) and r_old.header == r_new.header
     assert r_new.header.crs == "EPSG:32631" and r_new.header.descriptions == ["VV"] and r_new.header.encoder.startswith("sarcodec ")
     assert [r_old.payload(i) for i in range(6)] == [r_new.payload(i) for i in range(6)]
     assert np.array_equal(sarcodec.decode_array(old_b)[0], sarcodec.decode_array(new_b)[0])
-    # 1 byte of tile count and 4 of the last length; beside the description and tags in the JSON part
-    # the encoder version costs its 3 varints there too
-    assert len(new_b) == len(old_b) - 5
+    # format 6: 1 byte of tile count and 4 of the last length (beside the description in the JSON
+    # part the encoder version costs its 3 varints there too); format 7: 4 of the last tile's CRC, 1 of
+    # the quality and 2 of the encoder version (one varint in the core)
+    assert len(new_b) == len(old_b) - 5 - 7
 
 
 def test_format_6_0_file_decodes_as_a_new_file_does(monkeypatch):
@@ -357,14 +383,34 @@ def test_format_6_0_file_decodes_as_a_new_file_does(monkeypatch):
         new_b = sarcodec.encode_array(sea_with_ship("float32")[0], 2, model=hp7s4, tile=128)
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
-    assert r_old.version == (6, 0) and r_new.version == (6, 1) and r_old.header == r_new.header
-    assert [r_old.payload(i) for i in range(6)] == [r_new.payload(i) for i in range(6)] and len(new_b) == len(old_b)
+    assert r_old.version == (6, 0) and r_new.version == (7, 0) and r_old.header == r_new.header
+    assert [r_old.payload(i) for i in range(6)] == [r_new.payload(i) for i in range(6)]
     assert np.array_equal(sarcodec.decode_array(old_b)[0], sarcodec.decode_array(new_b)[0])
+    assert len(new_b) == len(old_b) - 7  # format 7: the last tile's CRC, the quality's byte, 2 of the encoder version
     # as this sarcodec fits them: levels in hundredths, 2 varints instead of 2 numbers of 3 decimals
     now = sarcodec.encode_array(sea_with_ship("float32")[0], 2, model=hp7s4, tile=128)
     (m_old,), (m_now,) = r_old.header.mappings, bitstream.Reader(io.BytesIO(now), len(now)).header.mappings
     assert (m_now["lo"], m_now["hi"]) == (round(m_old["lo"], 2), round(m_old["hi"], 2)) != (m_old["lo"], m_old["hi"])
-    assert len(stored_header(now)) == len(stored_header(old_b)) - 3
+    assert len(stored_header(now)) == len(stored_header(old_b)) - 3 - 3
+
+
+def test_format_6_1_file_decodes_as_a_new_file_does():
+    # Format 7 folds the last tile's CRC into the one that closes the tile table, stores the quality
+    # in the dtype's byte and the encoder version as one varint. The fixture was written by sarcodec
+    # 0.1 in format 6.1 (hp7d, q2, 128 x 128 tiles) from conftest's float32 sea with a ship, with the
+    # georeferencing and band description below.
+    old_b = (Path(__file__).parent / "data" / "format-6.1-sea-float-geo-q2.sarc").read_bytes()
+    meta = {"crs": "EPSG:32631", "transform": [10.0, 0.0, 500000.0, 0.0, -10.0, 4650000.0], "descriptions": ["VV"]}
+    new_b = sarcodec.encode_array(sea_with_ship("float32")[0], 2, model=sarcodec.load_model(bundled_path("sarcodec-hp7d")),
+                                  tile=128, meta=meta)
+    r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
+    r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
+    assert r_old.version == (6, 1) and r_new.version == (7, 0) and r_old.header == r_new.header
+    assert r_new.header.transform == meta["transform"] and r_new.header.descriptions == ["VV"]
+    assert [r_old.payload(i) for i in range(6)] == [r_new.payload(i) for i in range(6)]
+    assert [e.crc for e in r_old.entries] == [e.crc for e in r_new.entries]  # the last one from its payload in 7.0
+    assert np.array_equal(sarcodec.decode_array(old_b)[0], sarcodec.decode_array(new_b)[0])
+    assert len(new_b) == len(old_b) - 7 and len(stored_header(new_b)) == len(stored_header(old_b)) - 3
 
 
 @pytest.mark.parametrize("dtype", ["uint16", "float32", "float64"])
@@ -421,8 +467,8 @@ def test_corrupt_exact_pixels_are_rejected():
 
 def test_unknown_major_version_is_named(model, s1_array):
     data = bytearray(small_file(model, s1_array))
-    data[4:6] = bytes([7, 0])
-    with pytest.raises(FormatError, match=r"version 7\.0 .*reads 1\.x and 2\.x and 3\.x and 4\.x and 5\.x and 6\.x"):
+    data[4:6] = bytes([8, 0])
+    with pytest.raises(FormatError, match=r"version 8\.0 .*reads 1\.x and 2\.x and 3\.x and 4\.x and 5\.x and 6\.x and 7\.x"):
         sarcodec.decode_array(bytes(data), model=model)
 
 
@@ -446,7 +492,7 @@ def test_format_2_and_3_files_decode_as_a_new_file_does(fixture, version, tmp_pa
             new_b = sarcodec.encode_array(ds.read()[:, :128, :160], 8, model=hp7)
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
-    assert r_old.version == version and r_new.version == (6, 1)
+    assert r_old.version == version and r_new.version == (7, 0)
     assert r_old.header == r_new.header
     assert [r_old.payload(i) for i in range(r_old.header.n_tiles)] == [r_new.payload(i) for i in range(r_new.header.n_tiles)]
     a, _ = sarcodec.decode_array(old_b)
@@ -549,7 +595,7 @@ def test_small_tiles_are_trimmed(model, s1_array):
     assert trimmed >= 2
     big = sarcodec.encode_array(s1_array[0, :512, :512], 8, model=model, tile=512)  # latent >> TRIM_MAX_BYTES
     r = bitstream.Reader(io.BytesIO(big), len(big))
-    assert r.version == (6, 1) and not r.payload(0)[0] & bitstream.FLAG_TRIMMED
+    assert r.version == (7, 0) and not r.payload(0)[0] & bitstream.FLAG_TRIMMED
 
 
 def test_trimmed_tile_in_a_2_x_file_is_rejected():

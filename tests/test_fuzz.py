@@ -25,11 +25,12 @@ CLEAN = (FormatError, InputError, DecodeError)
 
 
 def layout(data: bytes) -> dict:
-    """Where the sections of formats 4-6 start: header, tile count (4 and 5), table, payloads."""
+    """Where the sections of formats 4-7 start: header, tile count (4 and 5), table, payloads."""
     hlen, hstart = bitstream.read_varint(data, 6, "header length", bitstream.MAX_HEADER)
-    if data[4] >= 6:  # no count: the header's band-tiles; no length in the last record
+    if data[4] >= 6:  # no count: the header's band-tiles; no length in the last record (7: no record)
         n = bitstream.Header.from_bytes(data[hstart : hstart + hlen], data[4]).n_tiles
-        return {"hstart": hstart, "hlen": hlen, "tstart": hstart + hlen, "n": n, "data_start": hstart + hlen + 8 * n}
+        return {"hstart": hstart, "hlen": hlen, "tstart": hstart + hlen, "n": n,
+                "data_start": hstart + hlen + 8 * n - (4 if data[4] >= 7 else 0)}
     n, tstart = bitstream.read_varint(data, hstart + hlen, "tile count", len(data))
     return {"hstart": hstart, "hlen": hlen, "tstart": tstart, "n": n, "data_start": tstart + 8 * n + 4}
 
@@ -40,19 +41,23 @@ def stored_header(data: bytes) -> bytes:
 
 
 def entries(data: bytes) -> list[list[int]]:
-    """The tile table's [length, crc] records (format 6: the last one's length from the file size)."""
+    """The tile table's [length, crc] records (format 6: the last one's length from the file size;
+    7: its CRC from its payload)."""
     lay = layout(data)
     if data[4] < 6:
         return [list(struct.unpack_from("<II", data, lay["tstart"] + 8 * i)) for i in range(lay["n"])]
     records = [list(struct.unpack_from("<II", data, lay["tstart"] + 8 * i)) for i in range(lay["n"] - 1)]
     last = len(data) - lay["data_start"] - sum(length for length, _ in records)
+    if data[4] >= 7:
+        return records + [[last, zlib.crc32(data[len(data) - last :])]]
     return records + [[last, struct.unpack_from("<I", data, lay["tstart"] + 8 * lay["n"] - 8)[0]]]
 
 
 def rebuilt(hj: bytes, table: list[list[int]], payload_bytes: bytes) -> bytes:
     """A file with this stored header, these (length, crc) records and payloads, and a valid CRC."""
     head = bitstream.head_bytes(hj, len(table))
-    return head + bitstream.table_bytes(head, [bitstream.TileEntry(0, ln, c) for ln, c in table]) + payload_bytes
+    last = payload_bytes[len(payload_bytes) - table[-1][0] :]
+    return head + bitstream.table_bytes(head, [bitstream.TileEntry(0, ln, c) for ln, c in table], last) + payload_bytes
 
 
 def with_header(data: bytes, edit) -> bytes:
@@ -94,9 +99,9 @@ HEADER_EDITS = [
 ]
 
 # (byte position, value) in the base file's binary core (width 200 and height 150 in 2 bytes each, then
-# one byte each: bands, dtype, tile / 64, quality, model number, flags, nodata 0, the band mapping):
-# bands 0, dtype code 9, tile codes 0 and 200, quality 0, model number 99, unknown flags, domain code 3
-CORE_EDITS = [(4, 0), (5, 9), (6, 0), (6, 200), (7, 0), (8, 99), (9, 0x80), (11, 3)]
+# one byte each: bands, dtype and quality, tile / 64, model number, flags, nodata 0, the band mapping):
+# bands 0, dtype code 9, quality 10, tile codes 0 and 200, model number 99, unknown flags, domain code 3
+CORE_EDITS = [(4, 0), (5, 9), (5, 0x93), (6, 0), (6, 200), (7, 99), (8, 0x80), (10, 3)]
 
 
 def mutations(base: bytes, rng: np.random.Generator, count: int):
@@ -109,7 +114,7 @@ def mutations(base: bytes, rng: np.random.Generator, count: int):
                 yield "truncate", base[: b + d]
     header = bitstream.Reader(io.BytesIO(base), len(base)).header
     core, _ = bitstream.core_bytes(header)
-    assert core[:5] == bitstream.varint(200) + bitstream.varint(150) + b"\x01" and core[10] == 254  # CORE_EDITS' positions
+    assert core[:5] == bitstream.varint(200) + bitstream.varint(150) + b"\x01" and core[9] == 254  # CORE_EDITS' positions
     for k in range(len(core)):  # the binary core cut short anywhere
         yield "header", with_stored_header(base, core[:k])
     for at, value in CORE_EDITS:
