@@ -388,6 +388,7 @@ def test_format_6_0_file_decodes_as_a_new_file_does(monkeypatch):
     assert np.array_equal(sarcodec.decode_array(old_b)[0], sarcodec.decode_array(new_b)[0])
     assert len(new_b) == len(old_b) - 7  # format 7: the last tile's CRC, the quality's byte, 2 of the encoder version
     # as this sarcodec fits them: levels in hundredths, 2 varints instead of 2 numbers of 3 decimals
+    # (3 bytes), and 3 more of format 7's quality and encoder version
     now = sarcodec.encode_array(sea_with_ship("float32")[0], 2, model=hp7s4, tile=128)
     (m_old,), (m_now,) = r_old.header.mappings, bitstream.Reader(io.BytesIO(now), len(now)).header.mappings
     assert (m_now["lo"], m_now["hi"]) == (round(m_old["lo"], 2), round(m_old["hi"], 2)) != (m_old["lo"], m_old["hi"])
