@@ -84,8 +84,13 @@ def compact_crs(crs) -> str | None:
 
 
 def raster_metadata(ds) -> dict:
-    """Everything the decoded GeoTIFF must carry, as JSON-able values (Header fields)."""
+    """Everything the decoded GeoTIFF must carry, as JSON-able values (Header fields).  A tag
+    AREA_OR_POINT=Area is left out where the raster has a CRS: a GeoTIFF with one reports it when the
+    tag is absent (GDAL writes pixel-is-area), so the decoded file carries it all the same."""
     gcps, gcp_crs = ds.gcps
+    tags = dict(ds.tags())
+    if tags.get("AREA_OR_POINT") == "Area" and (ds.crs or gcp_crs):
+        del tags["AREA_OR_POINT"]
     return {
         "width": ds.width,
         "height": ds.height,
@@ -97,7 +102,7 @@ def raster_metadata(ds) -> dict:
         "gcps": [[g.id, g.info, g.row, g.col, g.x, g.y, g.z] for g in gcps],
         "gcp_crs": compact_crs(gcp_crs),
         "descriptions": list(ds.descriptions),
-        "tags": dict(ds.tags()),
+        "tags": tags,
         "band_tags": [dict(ds.tags(i + 1)) for i in range(ds.count)],
         "units": list(ds.units),
         "scales": [float(s) for s in ds.scales],

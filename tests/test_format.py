@@ -363,14 +363,19 @@ def test_format_5_file_decodes_as_a_new_file_does(tmp_path, monkeypatch):
     new_b = (tmp_path / "new.sarc").read_bytes()
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
-    assert r_old.version == (5, 0) and r_new.version == (7, 0) and r_old.header == r_new.header
+    # the tag GDAL reports for a GeoTIFF with a CRS is no longer stored (the decoded file reports it all the same)
+    assert r_old.header.tags == {"AREA_OR_POINT": "Area"} and r_new.header.tags == {}
+    assert r_old.version == (5, 0) and r_new.version == (7, 0) and dataclasses.replace(r_old.header, tags={}) == r_new.header
     assert r_new.header.crs == "EPSG:32631" and r_new.header.descriptions == ["VV"] and r_new.header.encoder.startswith("sarcodec ")
     assert [r_old.payload(i) for i in range(6)] == [r_new.payload(i) for i in range(6)]
     assert np.array_equal(sarcodec.decode_array(old_b)[0], sarcodec.decode_array(new_b)[0])
+    sarcodec.decode_file(tmp_path / "new.sarc", tmp_path / "new.tif")
+    with rasterio.open(tmp_path / "new.tif") as ds:
+        assert ds.tags() == {"AREA_OR_POINT": "Area"} and ds.crs == "EPSG:32631"
     # format 6: 1 byte of tile count and 4 of the last length (beside the description in the JSON
     # part the encoder version costs its 3 varints there too); format 7: 4 of the last tile's CRC, 1 of
-    # the quality and 2 of the encoder version (one varint in the core)
-    assert len(new_b) == len(old_b) - 5 - 7
+    # the quality and 2 of the encoder version (one varint in the core); the tag left out: 3 more
+    assert len(new_b) == len(old_b) - 5 - 7 - 3
 
 
 def test_format_6_0_file_decodes_as_a_new_file_does(monkeypatch):

@@ -1,6 +1,7 @@
 """Round trips on real SAR files: shape, dtype, georeferencing, metadata, radiometry, odd sizes."""
 from __future__ import annotations
 
+import io
 from types import SimpleNamespace
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 import rasterio
 
 import sarcodec
-from sarcodec import codec, metrics
+from sarcodec import bitstream, codec, metrics
 from sarcodec.io import InputError
 
 from .conftest import EVAL, need
@@ -174,6 +175,25 @@ def test_gcps_survive(tmp_path, model, s1_array):
     sarcodec.decode_file(tmp_path / "out-q3.sarc", tmp_path / "win.tif", window=(10, 20, 100, 100), model=model)
     with rasterio.open(tmp_path / "win.tif") as w:
         assert w.gcps[0][0].row == gcps[0].row - 20 and w.gcps[0][0].col == gcps[0].col - 10
+
+
+@pytest.mark.parametrize("crs, tag, stored", [("EPSG:32631", "Area", False), ("EPSG:32631", "Point", True), (None, "Point", True)])
+def test_area_or_point_survives(tmp_path, model, s1_array, crs, tag, stored):
+    # AREA_OR_POINT=Area is what a GeoTIFF with a CRS reports without the tag: not stored there, and
+    # the decoded file reports it all the same; Point is stored (a GeoTIFF without a CRS reports no Area)
+    from rasterio.transform import Affine
+
+    src = tmp_path / "tag.tif"
+    with rasterio.open(src, "w", driver="GTiff", width=96, height=64, count=1, dtype="uint8", crs=crs,
+                       transform=Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4800000.0)) as ds:
+        ds.write(s1_array[0, :64, :96], 1)
+        ds.update_tags(AREA_OR_POINT=tag)
+    sarcodec.encode_file(src, tmp_path / "t.sarc", quality=2, model=model)
+    data = (tmp_path / "t.sarc").read_bytes()
+    assert bitstream.Reader(io.BytesIO(data), len(data)).header.tags == ({"AREA_OR_POINT": tag} if stored else {})
+    sarcodec.decode_file(tmp_path / "t.sarc", tmp_path / "t.tif", model=model)
+    with rasterio.open(src) as a, rasterio.open(tmp_path / "t.tif") as b:
+        assert a.tags() == b.tags() == {"AREA_OR_POINT": tag} and a.crs == b.crs and a.transform == b.transform
 
 
 def test_window_georeferencing(tmp_path, s1_file, model):
