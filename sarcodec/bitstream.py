@@ -424,12 +424,9 @@ def core_bytes(h: Header, major: int = MAJOR, encoder: bool = True) -> tuple[byt
     if h.tile % 64 or h.dtype not in DTYPES:
         raise ValueError("header tile size or dtype cannot be stored")
     model = MODEL_INDEX.get((h.model_name, h.model_id), 0)
-    if major >= 7:  # dtype and quality share a byte
-        out = [varint(h.width), varint(h.height), varint(h.bands), bytes([DTYPES.index(h.dtype) | (h.quality - 1) << 4]),
-               varint(h.tile // 64), varint(model)]
-    else:
-        out = [varint(h.width), varint(h.height), varint(h.bands), bytes([DTYPES.index(h.dtype)]), varint(h.tile // 64),
-               bytes([h.quality]), varint(model)]
+    dtype = DTYPES.index(h.dtype) | ((h.quality - 1) << 4 if major >= 7 else 0)  # 7: quality in the dtype's byte
+    out = [varint(h.width), varint(h.height), varint(h.bands), bytes([dtype]), varint(h.tile // 64),
+           *([] if major >= 7 else [bytes([h.quality])]), varint(model)]
     if not model:
         name = h.model_name.encode()
         out += [varint(len(name)), name, bytes.fromhex(h.model_id)]
@@ -665,9 +662,8 @@ class Reader:
         entries, off = [], tstart + tlen
         for i in range(n):
             if major >= 6 and i == n - 1:
-                length, crc = self.size - off, 0  # format 7: set from the payload below, once the CRC holds
-                if major < 7:
-                    (crc,) = struct.unpack_from("<I", table, 8 * i)
+                # format 7 has no record: the CRC is set from the payload below, once the closing CRC holds
+                length, crc = self.size - off, struct.unpack_from("<I", table, 8 * i)[0] if major < 7 else 0
                 if length <= 0:
                     raise FormatError(f"truncated or corrupt file (its tiles before the last end at byte {off}, "
                                       f"the file has {self.size})")
@@ -679,14 +675,15 @@ class Reader:
             raise FormatError(f"truncated or corrupt file (its tiles end at byte {off}, the file has {self.size})")
         if off < self.size:
             raise FormatError(f"{self.size - off} bytes after the last tile (file corrupt)")
-        if major >= 7:  # the closing CRC covers the last payload too; its entry keeps that payload's own CRC
+        if major >= 6:  # checked now: a truncated or extended file is refused before any tile is used
             last = self._read(entries[-1].offset, entries[-1].length, "last tile")
-            if zlib.crc32(last, running) != struct.unpack_from("<I", table, tlen - 4)[0]:
-                raise FormatError("truncated file, bytes after the last tile, or header, tile table or last tile "
-                                  "corrupt (checksum mismatch)")
-            entries[-1].crc = zlib.crc32(last)
-        elif major == 6 and zlib.crc32(self._read(entries[-1].offset, entries[-1].length, "last tile")) != entries[-1].crc:
-            raise FormatError("truncated file, bytes after the last tile or last tile corrupt (its checksum does not match)")
+            if major >= 7:  # the closing CRC covers it too; its entry keeps that payload's own CRC
+                if zlib.crc32(last, running) != struct.unpack_from("<I", table, tlen - 4)[0]:
+                    raise FormatError("truncated file, bytes after the last tile, or header, tile table or last tile "
+                                      "corrupt (checksum mismatch)")
+                entries[-1].crc = zlib.crc32(last)
+            elif zlib.crc32(last) != entries[-1].crc:
+                raise FormatError("truncated file, bytes after the last tile or last tile corrupt (its checksum does not match)")
         return header, entries
 
     def _layout_1_3(self, major: int) -> tuple[Header, list[TileEntry]]:
