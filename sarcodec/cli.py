@@ -382,6 +382,7 @@ def train(
     full_range: float = typer.Option(0.5, help="Share of crops turned into re-speckled full-range intensities (log domain); the rest are coded as 8-bit."),
     despeckled: float = typer.Option(0.0, help="Share of crops drawn first as despeckled full-range products (block-multilooked, decimated, Lee-filtered), like multi-temporal averages."),
     preset: str = typer.Option("default", help="Architecture to train from scratch: default or fast (ignored with --init/--resume)."),
+    qualities: str = typer.Option("1-8", help="Qualities the crops are drawn at and validated on, e.g. 4-8 (a model for part of the ladder)."),
 ) -> None:
     """Train a model (rate-distortion, all eight qualities at once) and export it."""
     from .config import ModelConfig
@@ -417,7 +418,7 @@ def train(
             max_minutes=max_minutes, batch=batch, crop=crop, lr=lr, seed=seed, val_every=val_every,
             checkpoint_every=checkpoint_every, resume=resume, compile=compile, device=device, threads=threads, workers=workers,
             init=str(init) if init else "", grow=grow, film=film, partial=partial, full_range=full_range, despeckled=despeckled,
-            balance=balance,
+            balance=balance, qualities=_parse_qualities(qualities) if qualities != "1-8" else [],
             sample_by=sample_by, lambdas=[float(v) for v in lambdas.split(",")] if lambdas else [],
             model=(ModelConfig.fast() if preset == "fast" else ModelConfig()).to_dict(),
         )

@@ -17,7 +17,7 @@ replaced by copies of the last kept row / column and left out of the distortion 
 count: what ``encode`` does to an image whose size is not a multiple of the block, so the model
 learns to code the real pixels of a partial block well (small chips have many of them).
 
-Each crop gets a random quality q in 0..7; its loss is ``L = bpp + lambda_q * 255^2 * MSE`` over the
+Each crop gets a random quality q in 0..7 (``qualities``: in that subset); its loss is ``L = bpp + lambda_q * 255^2 * MSE`` over the
 real pixels of the normalised image, computed in float32.  The batch
 loss is the mean of L, or with ``balance`` the mean of L / (running mean of L at that quality),
 times the mean over qualities of those running means: the gradient of sum_q log L_q, which counts
@@ -90,6 +90,7 @@ class TrainConfig:
     partial: float = 0.25  # share of crops with a partial last block row / column (see module docstring)
     full_range: float = 0.5  # share of crops made full-range intensities (see module docstring)
     despeckled: float = 0.0  # share of crops made despeckled full-range products (despeckled_product), before full_range
+    qualities: list[int] = field(default_factory=list)  # 1-based qualities the crops are drawn at (empty: all)
     model: dict = field(default_factory=dict)  # architecture: ModelConfig.to_dict() (empty: the default model)
 
 
@@ -257,15 +258,16 @@ def log_normalised(inten: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def draw_batch(images: list[np.ndarray], pick: np.ndarray | None, batch: int, crop: int, partial: float, block: int,
                qualities: int, rng: np.random.Generator, full_range: float = 0.5,
-               despeckled: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               despeckled: float = 0.0, subset: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One training batch: crops (B, 1, crop, crop) float32, masks of their real pixels (same shape)
-    and quality indices (B,), drawn from ``rng`` in the order every recipe so far has used."""
+    and quality indices (B,), drawn from ``rng`` in the order every recipe so far has used; the indices
+    from ``subset`` only, if given."""
     which = rng.integers(0, len(images), batch) if pick is None else rng.choice(len(images), batch, p=pick)
     crops = [random_sample(images[i], crop, rng, full_range, despeckled) for i in which]
     masks = [np.ones_like(c) for c in crops]
     for j in np.flatnonzero(rng.random(batch) < partial):
         crops[j], masks[j] = partial_block(crops[j], block, rng)
-    q = rng.integers(0, qualities, batch)
+    q = rng.integers(0, qualities, batch) if not subset else np.asarray(subset)[rng.integers(0, len(subset), batch)]
     return np.stack(crops)[:, None], np.stack(masks)[:, None], q
 
 
@@ -432,12 +434,14 @@ def crop_losses(bpp: torch.Tensor, mse: torch.Tensor, q: torch.Tensor, lambdas: 
 
 
 @torch.no_grad()
-def validate(model: SarCodecModel, xs: torch.Tensor, device: torch.device) -> dict:
+def validate(model: SarCodecModel, xs: torch.Tensor, device: torch.device, subset: tuple[int, ...] = ()) -> dict:
+    """Rate, PSNR and SSIM per quality (the indices in ``subset``, or all) and the scores that select the
+    exported weights."""
     model.eval()
     lambdas = torch.tensor(model.cfg.lambdas, device=device)
     rows = []
     per_q = []
-    for qi in range(model.cfg.qualities):
+    for qi in subset or range(model.cfg.qualities):
         bpps, psnrs, ssims, q_total = [], [], [], 0.0
         for i in range(0, len(xs), 4):
             x = xs[i : i + 4].to(device)
@@ -522,6 +526,11 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         torch.manual_seed(cfg.seed * 1_000_003 + step)
     fwd = torch.compile(model) if cfg.compile else model
     lambdas = torch.tensor(model.cfg.lambdas, device=device)
+    if any(not 1 <= q <= model.cfg.qualities for q in cfg.qualities):
+        raise ValueError(f"qualities must lie in 1..{model.cfg.qualities}")
+    subset = tuple(sorted({q - 1 for q in cfg.qualities}))  # empty: every quality
+    if subset:
+        log(f"crops drawn at qualities {', '.join(str(q + 1) for q in subset)} only")
     t_start = time.time()
 
     def elapsed() -> float:
@@ -551,7 +560,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         return v["balanced"] if cfg.balance else v["loss"]
 
     draw = functools.partial(draw_batch, images, pick, cfg.batch, cfg.crop, cfg.partial, model.cfg.stride, model.cfg.qualities,
-                             full_range=cfg.full_range, despeckled=cfg.despeckled)
+                             full_range=cfg.full_range, despeckled=cfg.despeckled, subset=subset)
     batches = BatchLoader(draw, rng, loader_workers(cfg.workers, device), key=[cfg.seed, step])
     try:
         model.train()
@@ -571,7 +580,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             q = torch.from_numpy(qs).to(device)
             weight = None
             if cfg.balance:
-                weight = (running.mean() / running[torch.from_numpy(qs)]).float().to(device)
+                weight = (running[list(subset) or slice(None)].mean() / running[torch.from_numpy(qs)]).float().to(device)
             loss, bpp, mse, _ = rd_loss(fwd, x, q, lambdas, mask=mask, weight=weight)
             if not torch.isfinite(loss):
                 skipped += 1
@@ -595,7 +604,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
                 t_log = time.time()
                 log(f"step {step} loss {loss.item():.4f} bpp {bpp.mean().item():.3f} lr {lr:.2e} skipped {skipped} elapsed {elapsed() / 60:.1f} min")
             if step % cfg.val_every == 0 or step == cfg.steps:
-                v = validate(model, val_x, device)
+                v = validate(model, val_x, device, subset)
                 history.append({"step": step, "elapsed_min": elapsed() / 60, **v})
                 msg = " ".join(f"q{r['quality']}:{r['bpp']:.2f}/{r['psnr']:.2f}" for r in v["per_quality"])
                 log(f"val step {step}: loss {v['loss']:.4f} balanced {v['balanced']:.4f} {msg}")
@@ -606,7 +615,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
                 save_checkpoint()
     finally:
         batches.close()
-    v = validate(model, val_x, device)
+    v = validate(model, val_x, device, subset)
     history.append({"step": step, "elapsed_min": elapsed() / 60, **v})
     if score(v) < best or best_state is None:
         best = score(v)

@@ -287,6 +287,26 @@ def test_balanced_training_tracks_each_quality_and_resumes(tmp_path):
     assert torch.load(out.with_suffix(".ckpt"), weights_only=True)["seen"].sum() == 20
 
 
+def test_training_on_part_of_the_ladder_draws_and_validates_only_those_qualities(tmp_path):
+    from sarcodec.train import draw_batch
+
+    images = [np.random.default_rng(0).integers(0, 256, (200, 200)).astype(np.uint8)]
+    _, _, q = draw_batch(images, None, 64, 64, 0.0, 16, 8, np.random.default_rng(3), subset=(3, 5, 7))
+    assert set(q.tolist()) == {3, 5, 7}
+    files = sorted(need(EVAL / "mstar-xband-8bit").glob("*.jpg"))[:5]
+    out = tmp_path / "hq.pt"
+    cfg = TrainConfig(data=[str(f) for f in files], out=str(out), steps=3, batch=4, crop=64, val_every=3, val_split=0.2,
+                      threads=1, balance=True, qualities=[6, 7, 8],
+                      model={"latent": 16, "hyper": 8, "hyper_hidden": 8, "c4": 8, "c8": 8, "c16": 16})
+    summary = train(cfg, log=lambda m: None)
+    seen = torch.load(out.with_suffix(".ckpt"), weights_only=True)["seen"]
+    assert seen[:5].sum() == 0 and seen[5:].sum() == 12
+    assert [r["quality"] for r in summary["history"][-1]["per_quality"]] == [6, 7, 8]  # the score that picks the export
+    with pytest.raises(ValueError, match="qualities"):
+        train(TrainConfig(data=cfg.data, out=str(tmp_path / "bad.pt"), steps=1, batch=2, crop=64, val_split=0.2, threads=1,
+                          qualities=[9], model=cfg.model), log=lambda m: None)
+
+
 def test_rd_loss_weights_each_crop():
     x = torch.rand(2, 1, 16, 16)
     fake = {"x_hat": x + 0.1, "p_y": torch.full((2, 4, 1, 1), 0.5), "p_z": torch.ones(2, 2, 1, 1)}
