@@ -162,7 +162,7 @@ MODEL_TABLE = (
     ("sarcodec-hp6", "cb2c3ab70bf35788"), ("sarcodec-fast5", "99850ef515f0b5ca"), ("sarcodec-hp7s1", "a06d44491c279b30"),
     ("sarcodec-hp7", "98b41c1a6075dcd6"), ("sarcodec-hp7s2", "9f7c575ec8063de5"), ("sarcodec-hp7s3", "8bc0a66834b2485f"),
     ("sarcodec-hp7s4", "33165a8f996df7b5"), ("sarcodec-hp7l", "964cb7c3393353bb"),
-    ("sarcodec-hp7d", "9f48a4ac8cd16ad6"),
+    ("sarcodec-hp7d", "9f48a4ac8cd16ad6"), ("sarcodec-hp7e", "a1dc61a6be3030b3"), ("sarcodec-hp7f", "780d9ea9c2dc9271"),
 )
 MODEL_INDEX = {m: i + 1 for i, m in enumerate(MODEL_TABLE)}
 

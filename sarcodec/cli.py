@@ -383,10 +383,11 @@ def train(
     despeckled: float = typer.Option(0.0, help="Share of crops drawn first as despeckled full-range products (block-multilooked, decimated, Lee-filtered), like multi-temporal averages."),
     preset: str = typer.Option("default", help="Architecture to train from scratch: default or fast (ignored with --init/--resume)."),
     qualities: str = typer.Option("1-8", help="Qualities the crops are drawn at and validated on, e.g. 4-8 (a model for part of the ladder)."),
+    despeckled_filters: str = typer.Option("fixed", help="Lee filtering of the despeckled products: fixed (5x5, 4 looks) or mixed (one of five per crop, lighter to heavier)."),
 ) -> None:
     """Train a model (rate-distortion, all eight qualities at once) and export it."""
     from .config import ModelConfig
-    from .train import SAMPLING, TrainConfig, train as run
+    from .train import LEE_FILTERS, SAMPLING, TrainConfig, train as run
     from .weights import PRESETS
 
     with _errors():
@@ -397,6 +398,8 @@ def train(
                 _fail(f"--{name} must be in 0..1", 2)
         if sample_by not in SAMPLING:
             _fail(f"--sample-by must be one of {', '.join(SAMPLING)}", 2)
+        if despeckled_filters not in LEE_FILTERS:
+            _fail(f"--despeckled-filters must be one of {', '.join(LEE_FILTERS)}", 2)
         if preset not in PRESETS:
             _fail(f"--preset must be one of {', '.join(PRESETS)}", 2)
         if grow and not init:
@@ -418,7 +421,7 @@ def train(
             max_minutes=max_minutes, batch=batch, crop=crop, lr=lr, seed=seed, val_every=val_every,
             checkpoint_every=checkpoint_every, resume=resume, compile=compile, device=device, threads=threads, workers=workers,
             init=str(init) if init else "", grow=grow, film=film, partial=partial, full_range=full_range, despeckled=despeckled,
-            balance=balance, qualities=_parse_qualities(qualities) if qualities != "1-8" else [],
+            balance=balance, qualities=_parse_qualities(qualities) if qualities != "1-8" else [], despeckled_filters=despeckled_filters,
             sample_by=sample_by, lambdas=[float(v) for v in lambdas.split(",")] if lambdas else [],
             model=(ModelConfig.fast() if preset == "fast" else ModelConfig()).to_dict(),
         )

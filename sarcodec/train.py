@@ -91,6 +91,7 @@ class TrainConfig:
     full_range: float = 0.5  # share of crops made full-range intensities (see module docstring)
     despeckled: float = 0.0  # share of crops made despeckled full-range products (despeckled_product), before full_range
     qualities: list[int] = field(default_factory=list)  # 1-based qualities the crops are drawn at (empty: all)
+    despeckled_filters: str = "fixed"  # the Lee filtering of despeckled products: a key of LEE_FILTERS
     model: dict = field(default_factory=dict)  # architecture: ModelConfig.to_dict() (empty: the default model)
 
 
@@ -145,12 +146,12 @@ def load_band(path: Path) -> np.ndarray:
 
 
 def random_sample(img: np.ndarray, crop: int, rng: np.random.Generator, full_range: float = 0.5,
-                  despeckled: float = 0.0) -> np.ndarray:
+                  despeckled: float = 0.0, filters: str = "fixed") -> np.ndarray:
     """One normalised training crop (see module docstring); ``despeckled``: the chance that it is a
     despeckled product (``despeckled_product``); else ``full_range``: the chance that it is made a
     full-range intensity crop instead of coded as the 8-bit product."""
     if despeckled and rng.random() < despeckled:  # no draw at 0: the recipes before the option draw as they did
-        return despeckled_product(img, crop, rng)
+        return despeckled_product(img, crop, rng, filters)
     v = random_orientation(random_window(img, crop, rng).astype(np.float32), rng)
     if rng.random() < 1.0 - full_range:  # 0.5 (the default) draws as every recipe before the option did
         return np.ascontiguousarray(v / 255.0, dtype=np.float32)
@@ -231,18 +232,26 @@ def lee_filter(inten: np.ndarray, r: int = 2, looks: float = 4.0) -> np.ndarray:
     return m + k * (inten - m)
 
 
-def despeckled_product(img: np.ndarray, crop: int, rng: np.random.Generator) -> np.ndarray:
+# the Lee filter passes (half-window, looks) of a despeckled product: "fixed" one 5 x 5 4-look pass;
+# "mixed" one of five per crop, lighter to heavier (as sarcodec-hp7f was trained)
+LEE_FILTERS = {"fixed": (((2, 4.0),),), "mixed": (((2, 4.0),), ((1, 2.0),), ((2, 2.0),), ((2, 3.0),), ((1, 4.0), (1, 4.0)))}
+
+
+def despeckled_product(img: np.ndarray, crop: int, rng: np.random.Generator, filters: str = "fixed") -> np.ndarray:
     """A normalised full-range crop that looks like a despeckled product (multi-temporal averages such as
     the CNNSpeckleFilter snippets: little speckle, sharp structure): a k*crop square of the 8-bit image
     (k = 2..4 where the image is that large) as intensity, averaged over k x k blocks (multilooked and
     decimated: the speckle decorrelates and weakens, the structure stays sharp on the coarser grid),
-    Lee-filtered (5 x 5, 4 looks), rotated / flipped, at a random gain, in the log domain.  Its
+    Lee-filtered (``filters``: LEE_FILTERS), rotated / flipped, at a random gain, in the log domain.  Its
     statistics come closer to those snippets' than ``gaussian_multilook``'s (median neighbour difference
     ~5/255 of the normalised range in both; the Gaussian leaves almost no power at 0.15-0.3 cycles/px)."""
     ks = [k for k in (2, 3, 4) if k * crop <= min(img.shape)] or [1]
     k = int(ks[rng.integers(0, len(ks))])
     inten = (random_window(img, k * crop, rng).astype(np.float64) / 255.0) ** 2
-    inten = lee_filter(inten.reshape(crop, k, crop, k).mean(axis=(1, 3)))
+    inten = inten.reshape(crop, k, crop, k).mean(axis=(1, 3))
+    options = LEE_FILTERS[filters]
+    for r, looks in options[0] if len(options) == 1 else options[rng.integers(0, len(options))]:  # fixed: no draw
+        inten = lee_filter(inten, r, looks)
     return log_normalised(random_orientation(inten, rng), rng)
 
 
@@ -258,12 +267,12 @@ def log_normalised(inten: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def draw_batch(images: list[np.ndarray], pick: np.ndarray | None, batch: int, crop: int, partial: float, block: int,
                qualities: int, rng: np.random.Generator, full_range: float = 0.5,
-               despeckled: float = 0.0, subset: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               despeckled: float = 0.0, subset: tuple[int, ...] = (), filters: str = "fixed") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One training batch: crops (B, 1, crop, crop) float32, masks of their real pixels (same shape)
     and quality indices (B,), drawn from ``rng`` in the order every recipe so far has used; the indices
     from ``subset`` only, if given."""
     which = rng.integers(0, len(images), batch) if pick is None else rng.choice(len(images), batch, p=pick)
-    crops = [random_sample(images[i], crop, rng, full_range, despeckled) for i in which]
+    crops = [random_sample(images[i], crop, rng, full_range, despeckled, filters) for i in which]
     masks = [np.ones_like(c) for c in crops]
     for j in np.flatnonzero(rng.random(batch) < partial):
         crops[j], masks[j] = partial_block(crops[j], block, rng)
@@ -560,7 +569,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         return v["balanced"] if cfg.balance else v["loss"]
 
     draw = functools.partial(draw_batch, images, pick, cfg.batch, cfg.crop, cfg.partial, model.cfg.stride, model.cfg.qualities,
-                             full_range=cfg.full_range, despeckled=cfg.despeckled, subset=subset)
+                             full_range=cfg.full_range, despeckled=cfg.despeckled, subset=subset,
+                             filters=cfg.despeckled_filters)
     batches = BatchLoader(draw, rng, loader_workers(cfg.workers, device), key=[cfg.seed, step])
     try:
         model.train()

@@ -65,13 +65,15 @@ def test_set_rules(default_set):
 
 
 def test_a_despeckled_product_picks_its_model(default_set):
-    """A multi-temporally averaged sigma0 chip (weak speckle, sharp structure) is coded best by the
-    model trained on despeckled products; the file decodes by itself."""
+    """A multi-temporally averaged sigma0 chip (weak speckle, sharp structure) is coded best by one of
+    the models trained on despeckled products; the file decodes by itself."""
     path = need(EVAL / "float" / "cnnspecklefilter-north_america164_snippet_vh.tif")
     img = rasterio.open(path).read()
-    third = default_set.models[2].name
+    despeckled = {m.name for m in default_set.models[2:]}
+    assert len(despeckled) == len(default_set.models) - 2 >= 1
     stats: dict = {}
     data = sarcodec.encode_array(img, 3, model=default_set, stats=stats)
-    assert stats["model"] == third and min(stats["choice"], key=stats["choice"].get) == third, stats
+    assert stats["model"] in despeckled and min(stats["choice"], key=stats["choice"].get) == stats["model"], stats
+    assert set(stats["choice"]) == {m.name for m in default_set.models}  # every model was tried
     rec, h = sarcodec.decode_array(data)
-    assert h.model_name == third and rec.shape == img.shape and rec.dtype == img.dtype
+    assert h.model_name == stats["model"] and rec.shape == img.shape and rec.dtype == img.dtype
