@@ -421,7 +421,7 @@ def train(
             max_minutes=max_minutes, batch=batch, crop=crop, lr=lr, seed=seed, val_every=val_every,
             checkpoint_every=checkpoint_every, resume=resume, compile=compile, device=device, threads=threads, workers=workers,
             init=str(init) if init else "", grow=grow, film=film, partial=partial, full_range=full_range, despeckled=despeckled,
-            balance=balance, qualities=_parse_qualities(qualities) if qualities != "1-8" else [], despeckled_filters=despeckled_filters,
+            balance=balance, qualities=_parse_qualities(qualities), despeckled_filters=despeckled_filters,
             sample_by=sample_by, lambdas=[float(v) for v in lambdas.split(",")] if lambdas else [],
             model=(ModelConfig.fast() if preset == "fast" else ModelConfig()).to_dict(),
         )

@@ -537,8 +537,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     lambdas = torch.tensor(model.cfg.lambdas, device=device)
     if any(not 1 <= q <= model.cfg.qualities for q in cfg.qualities):
         raise ValueError(f"qualities must lie in 1..{model.cfg.qualities}")
-    subset = tuple(sorted({q - 1 for q in cfg.qualities}))  # empty: every quality
-    if subset:
+    subset = tuple(sorted({q - 1 for q in cfg.qualities}))  # the whole ladder draws as no subset does
+    if 0 < len(subset) < model.cfg.qualities:
         log(f"crops drawn at qualities {', '.join(str(q + 1) for q in subset)} only")
     t_start = time.time()
 

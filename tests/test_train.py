@@ -1,6 +1,7 @@
 """Training: a tiny real run exports loadable weights; resume continues; non-finite batches are skipped."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -305,6 +306,14 @@ def test_training_on_part_of_the_ladder_draws_and_validates_only_those_qualities
     with pytest.raises(ValueError, match="qualities"):
         train(TrainConfig(data=cfg.data, out=str(tmp_path / "bad.pt"), steps=1, batch=2, crop=64, val_split=0.2, threads=1,
                           qualities=[9], model=cfg.model), log=lambda m: None)
+    # the whole ladder (what the CLI's default "1-8" passes) trains exactly as no subset: the old draw
+    runs = []
+    for qs in ([], list(range(1, 9))):
+        c = dataclasses.replace(cfg, out=str(tmp_path / f"all{len(qs)}.pt"), qualities=qs, steps=2, val_every=2)
+        train(c, log=lambda m: None)
+        runs.append(torch.load(tmp_path / f"all{len(qs)}.ckpt", weights_only=True))
+    assert torch.equal(runs[0]["seen"], runs[1]["seen"])
+    assert all(torch.equal(runs[0]["model"][k], runs[1]["model"][k]) for k in runs[0]["model"])
 
 
 def test_rd_loss_weights_each_crop():
