@@ -383,7 +383,7 @@ def train(
     despeckled: float = typer.Option(0.0, help="Share of crops drawn first as despeckled full-range products (block-multilooked, decimated, Lee-filtered), like multi-temporal averages."),
     preset: str = typer.Option("default", help="Architecture to train from scratch: default or fast (ignored with --init/--resume)."),
     qualities: str = typer.Option("1-8", help="Qualities the crops are drawn at and validated on, e.g. 4-8 (a model for part of the ladder)."),
-    despeckled_filters: str = typer.Option("fixed", help="Lee filtering of the despeckled products: fixed (5x5, 4 looks) or mixed (one of five per crop, lighter to heavier)."),
+    despeckled_filters: str = typer.Option("fixed", help="Lee filtering of the despeckled products: fixed (5x5, 4 looks), mixed (one of five per crop, lighter to heavier) or heavy (one of three heavier ones)."),
 ) -> None:
     """Train a model (rate-distortion, all eight qualities at once) and export it."""
     from .config import ModelConfig

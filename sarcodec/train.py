@@ -233,8 +233,10 @@ def lee_filter(inten: np.ndarray, r: int = 2, looks: float = 4.0) -> np.ndarray:
 
 
 # the Lee filter passes (half-window, looks) of a despeckled product: "fixed" one 5 x 5 4-look pass;
-# "mixed" one of five per crop, lighter to heavier (as sarcodec-hp7f was trained)
-LEE_FILTERS = {"fixed": (((2, 4.0),),), "mixed": (((2, 4.0),), ((1, 2.0),), ((2, 2.0),), ((2, 3.0),), ((1, 4.0), (1, 4.0)))}
+# "mixed" one of five per crop, lighter to heavier (as sarcodec-hp7f was trained); "heavy" one of three
+# heavier than any of those (a 7 x 7 window, or the 5 x 5 pass twice): smoother products
+LEE_FILTERS = {"fixed": (((2, 4.0),),), "mixed": (((2, 4.0),), ((1, 2.0),), ((2, 2.0),), ((2, 3.0),), ((1, 4.0), (1, 4.0))),
+               "heavy": (((3, 4.0),), ((2, 4.0), (2, 4.0)), ((3, 2.0),))}
 
 
 def despeckled_product(img: np.ndarray, crop: int, rng: np.random.Generator, filters: str = "fixed") -> np.ndarray:

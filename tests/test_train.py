@@ -460,9 +460,10 @@ def test_despeckled_products_are_drawn_only_when_asked():
     assert small.shape == (128, 128) and np.isfinite(small).all()
 
 
-def test_mixed_lee_filters_vary_the_smoothing_per_crop(monkeypatch):
-    """"fixed" draws no extra random number (old recipes reproduce); "mixed" draws one of its five
-    filterings per crop, all of them in a few draws, and the result stays a finite full-range crop."""
+@pytest.mark.parametrize("filters", ["mixed", "heavy"])
+def test_drawn_lee_filters_vary_the_smoothing_per_crop(monkeypatch, filters):
+    """"fixed" draws no extra random number (old recipes reproduce); "mixed" and "heavy" draw one of
+    their filterings per crop, all of them in a few draws, and the result stays a finite full-range crop."""
     img = np.random.default_rng(0).integers(1, 256, (600, 600)).astype(np.uint8)
     assert np.array_equal(train_mod.despeckled_product(img, 128, np.random.default_rng(1)),
                           train_mod.despeckled_product(img, 128, np.random.default_rng(1), "fixed"))
@@ -478,7 +479,7 @@ def test_mixed_lee_filters_vary_the_smoothing_per_crop(monkeypatch):
     drawn = set()
     for _ in range(40):
         used.clear()
-        c = train_mod.despeckled_product(img, 128, rng, "mixed")
-        assert tuple(used) in train_mod.LEE_FILTERS["mixed"] and c.shape == (128, 128) and np.isfinite(c).all()
+        c = train_mod.despeckled_product(img, 128, rng, filters)
+        assert tuple(used) in train_mod.LEE_FILTERS[filters] and c.shape == (128, 128) and np.isfinite(c).all()
         drawn.add(tuple(used))
-    assert drawn == set(train_mod.LEE_FILTERS["mixed"])
+    assert drawn == set(train_mod.LEE_FILTERS[filters])
