@@ -106,7 +106,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", type=Path, help="results.json written by rd_vs_jpeg2000.py / sarcodec bench")
     args = ap.parse_args()
-    rows = [r for r in json.loads(args.results.read_text())["rows"] if r["dtype"] == "uint8" and r["bands"] == 1]
+    rows = [r for r in json.loads(args.results.read_text())["rows"] if r.get("dtype") == "uint8" and r.get("bands") == 1]  # not the error rows
     by = defaultdict(list)
     for r in rows:
         by[(r["image"], r["codec"])].append(r)
