@@ -383,7 +383,9 @@ def train(
     despeckled: float = typer.Option(0.0, help="Share of crops drawn first as despeckled full-range products (block-multilooked, decimated, Lee-filtered), like multi-temporal averages."),
     preset: str = typer.Option("default", help="Architecture to train from scratch: default or fast (ignored with --init/--resume)."),
     qualities: str = typer.Option("1-8", help="Qualities the crops are drawn at and validated on, e.g. 4-8 (a model for part of the ladder)."),
-    despeckled_filters: str = typer.Option("fixed", help="Lee filtering of the despeckled products: fixed (5x5, 4 looks), mixed (one of five per crop, lighter to heavier) or heavy (one of three heavier ones)."),
+    despeckled_filters: str = typer.Option("fixed", help="Lee filtering of the despeckled products: fixed (5x5, 4 looks), mixed (one of five per crop, lighter to heavier), heavy (one of three heavier ones) or all (any of the eight)."),
+    ensemble: Optional[list[Path]] = typer.Option(None, help="Weights file of a model the trained one is to join in a preset (repeatable): each crop's loss is weighted by the chance this model codes it cheaper than the best of them, and the export is selected by the set's score."),
+    ensemble_temperature: float = typer.Option(0.03, help="With --ensemble: how sharply the weight falls where this model is the dearer (on the log of the loss)."),
 ) -> None:
     """Train a model (rate-distortion, all eight qualities at once) and export it."""
     from .config import ModelConfig
@@ -416,12 +418,18 @@ def train(
             _fail("--workers must be -1 (automatic) or >= 0", 2)
         if not 0 <= grow <= 8:
             _fail("--grow must be in 0..8", 2)
+        if not ensemble_temperature > 0:
+            _fail("--ensemble-temperature must be > 0", 2)
+        for f in ensemble or []:
+            if not f.is_file():
+                _fail(f"--ensemble: no such weights file: {f}", 2)
         cfg = TrainConfig(
             data=[str(d) for d in data], out=str(out), val=[str(v) for v in (val or [])], val_split=val_split, steps=steps,
             max_minutes=max_minutes, batch=batch, crop=crop, lr=lr, seed=seed, val_every=val_every,
             checkpoint_every=checkpoint_every, resume=resume, compile=compile, device=device, threads=threads, workers=workers,
             init=str(init) if init else "", grow=grow, film=film, partial=partial, full_range=full_range, despeckled=despeckled,
             balance=balance, qualities=_parse_qualities(qualities), despeckled_filters=despeckled_filters,
+            ensemble=[str(f) for f in ensemble or []], ensemble_temperature=ensemble_temperature,
             sample_by=sample_by, lambdas=[float(v) for v in lambdas.split(",")] if lambdas else [],
             model=(ModelConfig.fast() if preset == "fast" else ModelConfig()).to_dict(),
         )

@@ -12,6 +12,11 @@ Training samples go through the same preprocessing as ``encode`` (``sarcodec.pre
 * with ``despeckled`` > 0, that share of the crops is drawn first as despeckled full-range products
   (``despeckled_product``: block-multilooked, decimated and Lee-filtered; sharp structure, weak speckle).
 
+With ``ensemble`` (weights files of the models of a preset) the model is trained to join them: the
+encoder codes each file with whichever model of its preset is cheapest, so each crop's loss is
+weighted by the chance that this model is cheaper on it than the best of them (``win_weights``), and
+the export is selected by the validation score of the per-crop cheaper of the two.
+
 In ``partial`` of the crops the last rows and/or columns (up to one latent block less 1 px) are
 replaced by copies of the last kept row / column and left out of the distortion and the pixel
 count: what ``encode`` does to an image whose size is not a multiple of the block, so the model
@@ -92,6 +97,8 @@ class TrainConfig:
     despeckled: float = 0.0  # share of crops made despeckled full-range products (despeckled_product), before full_range
     qualities: list[int] = field(default_factory=list)  # 1-based qualities the crops are drawn at (empty: all)
     despeckled_filters: str = "fixed"  # the Lee filtering of despeckled products: a key of LEE_FILTERS
+    ensemble: list[str] = field(default_factory=list)  # weights files of the models the trained one is to join (see win_weights)
+    ensemble_temperature: float = 0.03  # of win_weights, on the log of the loss
     model: dict = field(default_factory=dict)  # architecture: ModelConfig.to_dict() (empty: the default model)
 
 
@@ -234,9 +241,10 @@ def lee_filter(inten: np.ndarray, r: int = 2, looks: float = 4.0) -> np.ndarray:
 
 # the Lee filter passes (half-window, looks) of a despeckled product: "fixed" one 5 x 5 4-look pass;
 # "mixed" one of five per crop, lighter to heavier (as sarcodec-hp7f was trained); "heavy" one of three
-# heavier than any of those (a 7 x 7 window, or the 5 x 5 pass twice): smoother products
-LEE_FILTERS = {"fixed": (((2, 4.0),),), "mixed": (((2, 4.0),), ((1, 2.0),), ((2, 2.0),), ((2, 3.0),), ((1, 4.0), (1, 4.0))),
-               "heavy": (((3, 4.0),), ((2, 4.0), (2, 4.0)), ((3, 2.0),))}
+# heavier than any of those (a 7 x 7 window, or the 5 x 5 pass twice): smoother products; "all" any of the eight
+_MIXED = (((2, 4.0),), ((1, 2.0),), ((2, 2.0),), ((2, 3.0),), ((1, 4.0), (1, 4.0)))
+_HEAVY = (((3, 4.0),), ((2, 4.0), (2, 4.0)), ((3, 2.0),))
+LEE_FILTERS = {"fixed": (((2, 4.0),),), "mixed": _MIXED, "heavy": _HEAVY, "all": _MIXED + _HEAVY}
 
 
 def despeckled_product(img: np.ndarray, crop: int, rng: np.random.Generator, filters: str = "fixed") -> np.ndarray:
@@ -444,31 +452,72 @@ def crop_losses(bpp: torch.Tensor, mse: torch.Tensor, q: torch.Tensor, lambdas: 
     return bpp + lambdas[q] * 255.0**2 * mse
 
 
+def load_rivals(paths: list[str], device: torch.device) -> list[SarCodecModel]:
+    """The frozen models of ``TrainConfig.ensemble``."""
+    from .weights import training_model_from_weights
+
+    return [training_model_from_weights(p).to(device).eval().requires_grad_(False) for p in paths]
+
+
 @torch.no_grad()
-def validate(model: SarCodecModel, xs: torch.Tensor, device: torch.device, subset: tuple[int, ...] = ()) -> dict:
-    """Rate, PSNR and SSIM per quality (the indices in ``subset``, or all) and the scores that select the
-    exported weights."""
+def rival_losses(rivals: list[SarCodecModel], x: torch.Tensor, q: torch.Tensor, lambdas: torch.Tensor,
+                 mask: torch.Tensor | None = None, noise: bool = True) -> torch.Tensor:
+    """Each crop's lowest loss under ``rivals``: what the encoder, which codes a file with the model of
+    the lowest rate-distortion cost, would pay if it chose among them alone."""
+    losses = []
+    for m in rivals:
+        _, bpp, mse, _ = rd_loss(m, x, q, lambdas, noise=noise, mask=mask)
+        losses.append(crop_losses(bpp, mse, q, lambdas))
+    return functools.reduce(torch.minimum, losses)
+
+
+def win_weights(own: torch.Tensor, rival: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Weights of the crops' losses (``own``) for a model that is to join a preset whose other models
+    cost ``rival`` on them: the derivative of the soft minimum -T log(exp(-log own / T) + exp(-log
+    rival / T)) with respect to log own, sigmoid((log rival - log own) / T).  About 1 where the model
+    is clearly the cheaper, 1/2 where both cost the same, about 0 where it is clearly the dearer: it
+    learns to code well what the others code worse, as the encoder's per-file choice rewards, instead
+    of what they already code well."""
+    return torch.sigmoid((torch.log(rival) - torch.log(own.detach())) / temperature)
+
+
+@torch.no_grad()
+def validate(model: SarCodecModel, xs: torch.Tensor, device: torch.device, subset: tuple[int, ...] = (),
+             rival: list[torch.Tensor] | None = None) -> dict:
+    """Rate, PSNR and SSIM per quality (the indices in ``subset``, or all), each crop's loss per quality,
+    and the scores that select the exported weights; with ``rival`` (per quality, each crop's loss
+    under the models the trained one is to join) also ``ensemble``: the balanced score of the per-crop
+    cheaper of the two, what the preset with this model would score."""
     model.eval()
     lambdas = torch.tensor(model.cfg.lambdas, device=device)
     rows = []
-    per_q = []
+    per_q, per_crop = [], []
     for qi in subset or range(model.cfg.qualities):
-        bpps, psnrs, ssims, q_total = [], [], [], 0.0
+        bpps, psnrs, ssims, losses = [], [], [], []
         for i in range(0, len(xs), 4):
             x = xs[i : i + 4].to(device)
             q = torch.full((x.shape[0],), qi, dtype=torch.long, device=device)
-            loss, bpp, mse, x_hat = rd_loss(model, x, q, lambdas, noise=False)
-            q_total += float(loss) * x.shape[0]
+            _, bpp, mse, x_hat = rd_loss(model, x, q, lambdas, noise=False)
+            losses.append(crop_losses(bpp, mse, q, lambdas).cpu())
             bpps += bpp.tolist()
             for j in range(x.shape[0]):
                 a = x[j, 0].cpu().numpy()
                 b = x_hat[j, 0].float().clamp(0, 1).cpu().numpy()
                 psnrs.append(metrics.psnr(a, b, 1.0))
                 ssims.append(metrics.ssim(a, b, 1.0))
-        per_q.append(q_total / len(xs))
+        per_crop.append(torch.cat(losses))
+        per_q.append(float(per_crop[-1].double().mean()))
         rows.append({"quality": qi + 1, "bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))})
     model.train()
-    return {"loss": float(np.mean(per_q)), "balanced": float(np.mean(np.log(per_q))), "per_quality": rows}
+    v = {"loss": float(np.mean(per_q)), "balanced": float(np.mean(np.log(per_q))), "per_quality": rows, "crop_losses": per_crop}
+    if rival is not None:
+        v["ensemble"] = float(np.mean([np.log(float(torch.minimum(a, b).double().mean())) for a, b in zip(per_crop, rival)]))
+    return v
+
+
+def summary_of(v: dict) -> dict:
+    """A validation result without its per-crop losses (what the history keeps)."""
+    return {k: x for k, x in v.items() if k != "crop_losses"}
 
 
 def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
@@ -522,7 +571,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         history = list(ck.get("history", []))
         if "running" in ck:
             running, seen = ck["running"].cpu().double(), ck["seen"].cpu()
-        if bool(ck.get("train_config", {}).get("balance", False)) != cfg.balance:
+        old = ck.get("train_config", {})
+        if bool(old.get("balance", False)) != cfg.balance or list(old.get("ensemble", [])) != cfg.ensemble:
             best, best_state = math.inf, None  # selected by another validation score
         log(f"resumed from {ckpt_path} at step {step}")
     if cfg.lambdas:
@@ -542,6 +592,14 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     subset = tuple(sorted({q - 1 for q in cfg.qualities}))  # the whole ladder draws as no subset does
     if 0 < len(subset) < model.cfg.qualities:
         log(f"crops drawn at qualities {', '.join(str(q + 1) for q in subset)} only")
+    rivals = load_rivals(cfg.ensemble, device) if cfg.ensemble else []
+    val_rival = None  # per quality, each validation crop's loss under the rivals' per-crop choice
+    if rivals:
+        log(f"joining {len(rivals)} model(s): each crop's loss weighted by the chance this model beats their best on it")
+        per_rival = [validate(r, val_x, device, subset)["crop_losses"] for r in rivals]
+        val_rival = [functools.reduce(torch.minimum, losses) for losses in zip(*per_rival)]
+        alone = np.mean([np.log(float(r.double().mean())) for r in val_rival])
+        log(f"validation score of the models joined, without this one: {alone:.4f}")
     t_start = time.time()
 
     def elapsed() -> float:
@@ -568,7 +626,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         tmp.replace(ckpt_path)
 
     def score(v: dict) -> float:
-        return v["balanced"] if cfg.balance else v["loss"]
+        return v["ensemble"] if rivals else v["balanced"] if cfg.balance else v["loss"]
 
     draw = functools.partial(draw_batch, images, pick, cfg.batch, cfg.crop, cfg.partial, model.cfg.stride, model.cfg.qualities,
                              full_range=cfg.full_range, despeckled=cfg.despeckled, subset=subset,
@@ -594,6 +652,10 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
             if cfg.balance:
                 weight = (running[list(subset) or slice(None)].mean() / running[torch.from_numpy(qs)]).float().to(device)
             loss, bpp, mse, _ = rd_loss(fwd, x, q, lambdas, mask=mask, weight=weight)
+            if rivals:  # the same pass's crop losses, each also weighted by its win weight
+                per_crop = crop_losses(bpp, mse, q, lambdas)
+                win = win_weights(per_crop, rival_losses(rivals, x, q, lambdas, mask), cfg.ensemble_temperature)
+                loss = (per_crop * (win if weight is None else weight * win)).mean()
             if not torch.isfinite(loss):
                 skipped += 1
                 opt.zero_grad(set_to_none=True)
@@ -616,10 +678,11 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
                 t_log = time.time()
                 log(f"step {step} loss {loss.item():.4f} bpp {bpp.mean().item():.3f} lr {lr:.2e} skipped {skipped} elapsed {elapsed() / 60:.1f} min")
             if step % cfg.val_every == 0 or step == cfg.steps:
-                v = validate(model, val_x, device, subset)
-                history.append({"step": step, "elapsed_min": elapsed() / 60, **v})
+                v = validate(model, val_x, device, subset, val_rival)
+                history.append({"step": step, "elapsed_min": elapsed() / 60, **summary_of(v)})
                 msg = " ".join(f"q{r['quality']}:{r['bpp']:.2f}/{r['psnr']:.2f}" for r in v["per_quality"])
-                log(f"val step {step}: loss {v['loss']:.4f} balanced {v['balanced']:.4f} {msg}")
+                joined = f" with the others {v['ensemble']:.4f}" if rivals else ""
+                log(f"val step {step}: loss {v['loss']:.4f} balanced {v['balanced']:.4f}{joined} {msg}")
                 if score(v) < best:
                     best = score(v)
                     best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
@@ -627,8 +690,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
                 save_checkpoint()
     finally:
         batches.close()
-    v = validate(model, val_x, device, subset)
-    history.append({"step": step, "elapsed_min": elapsed() / 60, **v})
+    v = validate(model, val_x, device, subset, val_rival)
+    history.append({"step": step, "elapsed_min": elapsed() / 60, **summary_of(v)})
     if score(v) < best or best_state is None:
         best = score(v)
         best_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
@@ -639,6 +702,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     final.load_state_dict(best_state)
     meta = {"steps": step, "wall_minutes": round(elapsed() / 60, 1), "skipped_batches": skipped, "best_val_loss": best, "balance": cfg.balance,
             "train_files": len(train_files), "data": cfg.data, "crop": cfg.crop, "batch": cfg.batch, "lr": cfg.lr}
+    if cfg.ensemble:
+        meta["ensemble"] = [Path(p).name for p in cfg.ensemble]
     export(final.cpu(), out, meta)
     log(f"exported {out} (best validation {'score' if cfg.balance else 'loss'} {best:.4f}, {step} steps, {skipped} skipped)")
     return {"steps": step, "skipped": skipped, "best": best, "history": history}

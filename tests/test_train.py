@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -182,6 +183,10 @@ def test_cli_trains_the_fast_preset(tmp_path):
         assert r.returncode == 2 and msg in r.stderr and not (tmp_path / "d").exists()
     r = run_cli("train", *args, "--out", tmp_path / "g.pt", "--workers", "-2")
     assert r.returncode == 2 and "--workers must be -1 (automatic) or >= 0" in r.stderr and not (tmp_path / "g.pt").exists()
+    r = run_cli("train", *args, "--out", tmp_path / "g.pt", "--ensemble", tmp_path / "none.pt")
+    assert r.returncode == 2 and "--ensemble: no such weights file" in r.stderr and not (tmp_path / "g.pt").exists()
+    r = run_cli("train", *args, "--out", tmp_path / "g.pt", "--ensemble", out, "--ensemble-temperature", "0")
+    assert r.returncode == 2 and "--ensemble-temperature must be > 0" in r.stderr and not (tmp_path / "g.pt").exists()
 
 
 def test_sampling_weights_balance_files_pixels_or_sources():
@@ -327,6 +332,54 @@ def test_rd_loss_weights_each_crop():
     assert torch.isclose(plain, per_crop.mean()) and torch.isclose(weighted, (per_crop * torch.tensor([2.0, 0.5])).mean())
 
 
+def test_win_weights_follow_which_model_is_cheaper_and_pass_no_gradient():
+    own = torch.tensor([1.0, 1.0, 1.0, 0.2], requires_grad=True)
+    rival = torch.tensor([1.0, 1.2, 0.8, 0.2 * 1.03])
+    w = train_mod.win_weights(own, rival, 0.03)
+    assert torch.isclose(w[0], torch.tensor(0.5)) and w[1] > 0.99 and w[2] < 0.01  # equal, clearly cheaper, clearly dearer
+    assert torch.isclose(w[3], torch.sigmoid(torch.log(torch.tensor(1.03)) / 0.03))  # relative: the same at any loss level
+    assert not w.requires_grad  # a weight of the loss, not part of it
+    assert train_mod.win_weights(own, rival, 0.3)[2] > w[2]  # a higher temperature weighs the dearer crops more
+
+
+def test_rival_losses_take_the_cheapest_model_per_crop():
+    x = torch.rand(3, 1, 16, 16)
+    lambdas, q = torch.tensor([0.01, 0.02]), torch.tensor([0, 1, 1])
+
+    def fake(err, p):  # stands in for SarCodecModel's forward: a fixed error and likelihood per crop
+        out = {"x_hat": x + torch.tensor(err)[:, None, None, None], "p_y": torch.tensor(p)[:, None, None, None].expand(3, 4, 1, 1),
+               "p_z": torch.ones(3, 2, 1, 1)}
+        return lambda x, q, noise: out
+
+    a, b = fake([0.1, 0.0, 0.2], [0.5, 0.25, 0.5]), fake([0.0, 0.1, 0.2], [0.5, 0.5, 0.25])
+    per = [train_mod.crop_losses(*train_mod.rd_loss(m, x, q, lambdas)[1:3], q, lambdas) for m in (a, b)]
+    assert torch.equal(train_mod.rival_losses([a, b], x, q, lambdas), torch.minimum(*per))
+    assert (per[0] < per[1]).tolist() == [False, True, True]  # each model wins somewhere: the minimum mixes them
+
+
+def test_training_to_join_other_models_is_selected_by_the_joint_score(tmp_path):
+    """--ensemble: the rivals are loaded frozen, validation reports the score of the per-crop cheaper of
+    this model and them, which selects the export; the weights record what the model was trained to join."""
+    files = sorted(need(EVAL / "mstar-xband-8bit").glob("*.jpg"))[:5]
+    _tiny_exported(tmp_path / "r1.pt", 4)
+    _tiny_exported(tmp_path / "r2.pt", 5)
+    rival_bytes = (tmp_path / "r2.pt").read_bytes()
+    out = tmp_path / "j.pt"
+    cfg = TrainConfig(data=[str(f) for f in files], out=str(out), steps=4, batch=3, crop=64, val_every=2, val_split=0.2,
+                      threads=1, balance=True, init=str(tmp_path / "r1.pt"), ensemble=[str(tmp_path / "r2.pt")])
+    lines = []
+    summary = train(cfg, log=lines.append)
+    scores = [h["ensemble"] for h in summary["history"]]
+    assert len(scores) == 3 and all(np.isfinite(scores)) and summary["best"] == min(scores)
+    assert all(h["ensemble"] <= h["balanced"] + 1e-9 for h in summary["history"])  # the cheaper of two: never worse than this model alone
+    alone = float(next(m for m in lines if m.startswith("validation score of the models joined")).split()[-1])
+    assert all(s <= alone + 1e-9 for s in scores)  # ... nor than the rivals alone
+    assert json.loads(torch.load(out, weights_only=True)["meta"])["ensemble"] == ["r2.pt"]
+    assert (tmp_path / "r2.pt").read_bytes() == rival_bytes  # frozen
+    cfg.steps, cfg.resume = 5, True
+    assert train(cfg, log=lambda m: None)["steps"] == 5
+
+
 def _draw(rng: np.random.Generator, shape=(3, 1, 64, 64)):
     return rng.random(shape).astype(np.float32), np.ones(shape, np.float32), rng.integers(0, 8, shape[0])
 
@@ -460,7 +513,7 @@ def test_despeckled_products_are_drawn_only_when_asked():
     assert small.shape == (128, 128) and np.isfinite(small).all()
 
 
-@pytest.mark.parametrize("filters", ["mixed", "heavy"])
+@pytest.mark.parametrize("filters", ["mixed", "heavy", "all"])
 def test_drawn_lee_filters_vary_the_smoothing_per_crop(monkeypatch, filters):
     """"fixed" draws no extra random number (old recipes reproduce); "mixed" and "heavy" draw one of
     their filterings per crop, all of them in a few draws, and the result stays a finite full-range crop."""
