@@ -461,12 +461,13 @@ def load_rivals(paths: list[str], device: torch.device) -> list[SarCodecModel]:
 
 @torch.no_grad()
 def rival_losses(rivals: list[SarCodecModel], x: torch.Tensor, q: torch.Tensor, lambdas: torch.Tensor,
-                 mask: torch.Tensor | None = None, noise: bool = True) -> torch.Tensor:
-    """Each crop's lowest loss under ``rivals``: what the encoder, which codes a file with the model of
-    the lowest rate-distortion cost, would pay if it chose among them alone."""
+                 mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Each crop's lowest loss under ``rivals`` (the training pass's noisy estimate): what the encoder,
+    which codes a file with the model of the lowest rate-distortion cost, would pay if it chose among
+    them alone."""
     losses = []
     for m in rivals:
-        _, bpp, mse, _ = rd_loss(m, x, q, lambdas, noise=noise, mask=mask)
+        _, bpp, mse, _ = rd_loss(m, x, q, lambdas, mask=mask)
         losses.append(crop_losses(bpp, mse, q, lambdas))
     return functools.reduce(torch.minimum, losses)
 
@@ -481,6 +482,11 @@ def win_weights(own: torch.Tensor, rival: torch.Tensor, temperature: float) -> t
     return torch.sigmoid((torch.log(rival) - torch.log(own.detach())) / temperature)
 
 
+def balanced_score(per_crop: list[torch.Tensor]) -> float:
+    """The mean over qualities of the log of the mean crop loss (``per_crop``: one tensor per quality)."""
+    return float(np.mean([np.log(float(c.double().mean())) for c in per_crop]))
+
+
 @torch.no_grad()
 def validate(model: SarCodecModel, xs: torch.Tensor, device: torch.device, subset: tuple[int, ...] = (),
              rival: list[torch.Tensor] | None = None) -> dict:
@@ -491,7 +497,7 @@ def validate(model: SarCodecModel, xs: torch.Tensor, device: torch.device, subse
     model.eval()
     lambdas = torch.tensor(model.cfg.lambdas, device=device)
     rows = []
-    per_q, per_crop = [], []
+    per_crop = []
     for qi in subset or range(model.cfg.qualities):
         bpps, psnrs, ssims, losses = [], [], [], []
         for i in range(0, len(xs), 4):
@@ -506,12 +512,12 @@ def validate(model: SarCodecModel, xs: torch.Tensor, device: torch.device, subse
                 psnrs.append(metrics.psnr(a, b, 1.0))
                 ssims.append(metrics.ssim(a, b, 1.0))
         per_crop.append(torch.cat(losses))
-        per_q.append(float(per_crop[-1].double().mean()))
         rows.append({"quality": qi + 1, "bpp": float(np.mean(bpps)), "psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))})
     model.train()
-    v = {"loss": float(np.mean(per_q)), "balanced": float(np.mean(np.log(per_q))), "per_quality": rows, "crop_losses": per_crop}
+    v = {"loss": float(np.mean([float(c.double().mean()) for c in per_crop])), "balanced": balanced_score(per_crop),
+         "per_quality": rows, "crop_losses": per_crop}
     if rival is not None:
-        v["ensemble"] = float(np.mean([np.log(float(torch.minimum(a, b).double().mean())) for a, b in zip(per_crop, rival)]))
+        v["ensemble"] = balanced_score([torch.minimum(a, b) for a, b in zip(per_crop, rival)])
     return v
 
 
@@ -598,8 +604,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
         log(f"joining {len(rivals)} model(s): each crop's loss weighted by the chance this model beats their best on it")
         per_rival = [validate(r, val_x, device, subset)["crop_losses"] for r in rivals]
         val_rival = [functools.reduce(torch.minimum, losses) for losses in zip(*per_rival)]
-        alone = np.mean([np.log(float(r.double().mean())) for r in val_rival])
-        log(f"validation score of the models joined, without this one: {alone:.4f}")
+        log(f"validation score of the models joined, without this one: {balanced_score(val_rival):.4f}")
     t_start = time.time()
 
     def elapsed() -> float:
@@ -705,5 +710,5 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> dict:
     if cfg.ensemble:
         meta["ensemble"] = [Path(p).name for p in cfg.ensemble]
     export(final.cpu(), out, meta)
-    log(f"exported {out} (best validation {'score' if cfg.balance else 'loss'} {best:.4f}, {step} steps, {skipped} skipped)")
+    log(f"exported {out} (best validation {'score' if cfg.balance or rivals else 'loss'} {best:.4f}, {step} steps, {skipped} skipped)")
     return {"steps": step, "skipped": skipped, "best": best, "history": history}
