@@ -164,7 +164,7 @@ MODEL_TABLE = (
     ("sarcodec-hp7s4", "33165a8f996df7b5"), ("sarcodec-hp7l", "964cb7c3393353bb"),
     ("sarcodec-hp7d", "9f48a4ac8cd16ad6"), ("sarcodec-hp7e", "a1dc61a6be3030b3"), ("sarcodec-hp7f", "780d9ea9c2dc9271"),
     ("sarcodec-hp7g", "7a1e9bb76248992b"), ("sarcodec-hp7h", "b0b795853a3d3295"),
-    ("sarcodec-hp7i", "e78347024e0f1513"),
+    ("sarcodec-hp7i", "e78347024e0f1513"), ("sarcodec-hp7j", "766666b6d953ddac"),
 )
 MODEL_INDEX = {m: i + 1 for i, m in enumerate(MODEL_TABLE)}
 

@@ -35,8 +35,8 @@ FORMAT = "sarcodec-weights"
 DEFAULT_MODEL = "sarcodec-hp7l.pt"
 # each preset's models: the encoder chooses among them per file (sarcodec.choice); the first is the
 # general one, what ``load(preset=...)`` returns
-PRESETS = {"default": (DEFAULT_MODEL, "sarcodec-hp7s4.pt", "sarcodec-hp7i.pt", "sarcodec-hp7e.pt", "sarcodec-hp7f.pt",
-                       "sarcodec-hp7h.pt"),
+PRESETS = {"default": (DEFAULT_MODEL, "sarcodec-hp7s4.pt", "sarcodec-hp7i.pt", "sarcodec-hp7e.pt", "sarcodec-hp7h.pt",
+                       "sarcodec-hp7j.pt"),
            "fast": ("sarcodec-fast5.npz",)}
 FLOAT_PARTS = ("g_a", "g_s", "h_a", "gains", "recon")
 VERSION = 2  # 1: up to hp5 / fast4; 2: adds the reconstruction offsets (older readers would ignore them)
