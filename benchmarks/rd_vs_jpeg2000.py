@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, default=None, help="weights file to measure instead of a preset")
     ap.add_argument("--sets", default="s1,float",
                     help="comma-separated evaluation sets: s1 (s1-vh-8bit), float, mstar (mstar-xband-8bit)")
+    ap.add_argument("--no-rdoq", dest="rdoq", action="store_false",
+                    help="sarcodec rounds its latent instead of choosing symbols by RDOQ (the encoder's default)")
     args = ap.parse_args()
     sets = set(args.sets.split(","))
     if not sets or sets - {"s1", "float", "mstar"}:
@@ -70,7 +72,8 @@ def main() -> None:
             (flt / f.name).symlink_to(f)
         dirs.append(flt)
     try:
-        res = run(dirs, args.out, args.codecs.split(","), qs, load(args.weights) if args.weights else load_preset(args.preset))
+        res = run(dirs, args.out, args.codecs.split(","), qs, load(args.weights) if args.weights else load_preset(args.preset),
+                  rdoq=args.rdoq)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print((args.out / "report.md").read_text())

@@ -314,7 +314,8 @@ def lossless_geotiff(v: np.ndarray, compress: str) -> int:
         return len(mf.read())
 
 
-def bench_image(img: Image, codecs: list[str], qualities: list[int], model, done: dict, emit: Callable[[dict], None]) -> None:
+def bench_image(img: Image, codecs: list[str], qualities: list[int], model, done: dict, emit: Callable[[dict], None],
+                rdoq: bool = True) -> None:
     import imagecodecs
 
     from .codec import decode_array, encode_array
@@ -346,14 +347,14 @@ def bench_image(img: Image, codecs: list[str], qualities: list[int], model, done
         def run_sarcodec(q=q) -> None:
             stats: dict = {}
             t = time.perf_counter()
-            data = encode_array(img.values, q, nodata=img.nodata, model=model, stats=stats)
+            data = encode_array(img.values, q, nodata=img.nodata, model=model, stats=stats, rdoq=rdoq)
             te = time.perf_counter() - t
             t = time.perf_counter()
             rec, _ = decode_array(data, model=model)
             td = time.perf_counter() - t
             overhead = 8 * stats["latent_bytes"] / stats["ideal_bits"] - 1 if stats["ideal_bits"] else float("nan")
             row("sarcodec", f"q{q}", len(data), rec, te, td, {"coder_overhead": overhead, "header_bytes": sarc_header_bytes(data),
-                                                                "model": stats["model"]})
+                                                                "model": stats["model"], "rdoq": rdoq})
         guarded("sarcodec", f"q{q}", run_sarcodec)
         prev = done.get((img.dataset, img.name, "sarcodec", f"q{q}"))
         if prev and not prev.get("error"):
@@ -475,20 +476,24 @@ METRIC_DEFS = """\
 
 
 def run(paths: list[Path], out: Path, codecs: list[str], qualities: list[int], model=None, progress: bool = True,
-        log: Callable[[str], None] = print, limit: int = 0) -> dict:
-    """Run the benchmark; writes results.csv/json, rd.png, crops.png and report.md into ``out``."""
+        log: Callable[[str], None] = print, limit: int = 0, rdoq: bool = True) -> dict:
+    """Run the benchmark; writes results.csv/json, rd.png, crops.png and report.md into ``out``.
+    ``rdoq``: sarcodec's encoder setting (``encode_array``; recorded in its rows, and rows made with
+    the other setting are measured again)."""
     from .weights import load
 
     bad = [c for c in codecs if c not in CODECS]
     if bad:
         raise ValueError(f"unknown codec(s) {', '.join(bad)}; choose from {', '.join(CODECS)}")
     model = model or load()
+    rdoq = rdoq and model.refinable  # what the encoder will do: the fast preset always rounds
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / "results.json"
     rows: list[dict] = json.loads(res_path.read_text())["rows"] if res_path.exists() else []
-    # a row is kept if it was made with this model and measured with today's metrics (level_db is
-    # the newest); older rows are measured again
+    # a row is kept if it was made with this model (and sarcodec's, with this encoder setting; rows from
+    # before RDOQ rounded) and measured with today's metrics (level_db is the newest); older rows are measured again
     rows = [r for r in rows if r.get("model_id") in (None, model.model_id)
+            and (r.get("codec") != "sarcodec" or r.get("error") or r.get("rdoq", False) == rdoq)
             and (r.get("error") or r.get("codec") in ("load", "lossless") or "level_db" in r)]
     done = {(r["dataset"], r["image"], r["codec"], r["setting"]): r for r in rows}
     images = list_images(paths)
@@ -521,7 +526,7 @@ def run(paths: list[Path], out: Path, codecs: list[str], qualities: list[int], m
                     emit({"dataset": dataset, "image": path.stem, "codec": "load", "setting": "-", "error": str(e)})
                 prog.advance(task)
                 continue
-            bench_image(img, codecs, qualities, model, done, emit)
+            bench_image(img, codecs, qualities, model, done, emit, rdoq)
             save()
             prog.advance(task)
     summary = summarize(rows)

@@ -41,6 +41,11 @@ class ModelSet:
     def model_id(self) -> str:
         return "+".join(m.model_id for m in self.models)
 
+    @property
+    def refinable(self) -> bool:
+        """Whether the encoder may choose symbols by RDOQ with every member (``sarcodec.rdoq``)."""
+        return all(m.refinable for m in self.models)
+
     def member(self, model_id: str) -> CodecModel | None:
         """The model a file was encoded with (by the id in its header), if it is one of these."""
         return next((m for m in self.models if m.model_id == model_id), None)

@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 
-from . import __version__, bitstream
+from . import __version__, bitstream, rdoq
 from .bitstream import FormatError, Header
 from .choice import ModelSet, choose, sample_windows
 from .io import InputError
@@ -261,11 +261,12 @@ def check_settings(model: CodecModel, quality: int, tile: int) -> None:
 
 
 class Encoder:
-    def __init__(self, model: CodecModel, quality: int, tile: int) -> None:
+    def __init__(self, model: CodecModel, quality: int, tile: int, rdoq: bool = True) -> None:
         check_settings(model, quality, tile)
         self.model = model
         self.quality = quality
         self.tile = tile
+        self.rdoq = rdoq and model.refinable  # the fast preset's numpy transforms have no gradient: it rounds
 
     def encode_tile(self, source: BandSource, band: int, grid: Grid, ty: int, tx: int, mapping: BandMapping,
                     nodata: float | None) -> tuple[bytes, float, int, int]:
@@ -287,13 +288,18 @@ class Encoder:
         wide = normalised(raw, cls == CLASS_VALID, mapping)  # one pass for both: exact pixels first, then
         exact = exact_pixels(raw[in_tile], tile_cls, wide[in_tile])  # model_input limits it in place
         u = pad_to(model_input(raw, cls, mapping, wide), wr1 - wr0, wc1 - wc0)
-        y = self.model.analysis(u, self.quality)
-        y = y[:, l0 - wr0 // s : l1 - wr0 // s, k0 - wc0 // s : k1 - wc0 // s]
+        y_win = self.model.analysis(u, self.quality)
+        lat = (slice(l0 - wr0 // s, l1 - wr0 // s), slice(k0 - wc0 // s, k1 - wc0 // s))
+        y = y_win[:, lat[0], lat[1]]
         h, w = y.shape[-2:]
         hz, wz = -(-h // 4) * 4, -(-w // 4) * 4
         # edge values, not zeros: the fast preset's 4x4 macro scale blocks would otherwise average real
         # latents with zeros, predict too small a scale and skip real content (encoder-side only)
         z = np.round(self.model.hyper_analysis(np.pad(y, ((0, 0), (0, hz - h), (0, wz - w)), mode="edge")))
+        if self.rdoq:
+            valid = np.zeros(u.shape, dtype=bool)
+            valid[: cls.shape[0], : cls.shape[1]] = cls == CLASS_VALID
+            y = rdoq.refine(self.model, y_win, lat, z.astype(np.int64), u, valid, self.quality)
         latent, _, bits = self.model.coder.encode(z.astype(np.int64), y, self.model.cfg.first_coded_group(self.quality),
                                                   trim=True)
         return bitstream.pack_tile(latent, mask, exact=exact), bits, len(latent), len(exact.index) if exact else 0
@@ -419,13 +425,14 @@ def _encode_job(state: tuple, band: int, ty: int, tx: int) -> tuple[bytes, float
 
 def encode_source(source: BandSource, meta: dict, out, *, quality: int = 4, domain: str = "auto", tile: int = 1024,
                   model: CodecModel | ModelSet | None = None, progress: Progress | None = None, stats: dict | None = None,
-                  workers: int = 1) -> Header:
+                  workers: int = 1, rdoq: bool = True) -> Header:
     """Encode ``source`` (described by ``meta``: Header fields) into the binary file object ``out``.
 
     ``workers`` > 1 encodes tiles in that many forked processes (see ``sarcodec.parallel``; 0: one
     per core, at most 4; the default model always encodes in this process); the bytes are the
     same for any number.  ``model``: one model, or a set to choose from (default: the default
-    preset's).  ``stats``, if given, receives ``ideal_bits`` and ``latent_bytes`` (entropy-coder
+    preset's).  ``rdoq``: the chosen model's symbols by rate-distortion optimisation (``sarcodec.rdoq``;
+    torch models only) rather than rounding.  ``stats``, if given, receives ``ideal_bits`` and ``latent_bytes`` (entropy-coder
     overhead check), ``exact_pixels`` (how many were stored verbatim), ``model`` (the one used) and,
     where there was a choice, each model's ``choice`` cost.
     """
@@ -437,7 +444,7 @@ def encode_source(source: BandSource, meta: dict, out, *, quality: int = 4, doma
         raise InputError(f"data type {dtype} is not supported (use {', '.join(bitstream.DTYPES)})")
     mappings = [fit_band(source, b, dtype, meta.get("nodata"), domain) for b in range(meta["bands"])]
     model = choose_model(candidates, source, meta, mappings, quality, stats)
-    enc = Encoder(model, quality, tile)
+    enc = Encoder(model, quality, tile, rdoq)
     header = _header_from(meta, model, quality, tile, mappings)
     grid = Grid(header.height, header.width, tile, model.stride)
     writer = bitstream.Writer(out, header)
@@ -511,8 +518,9 @@ def decode_tiles(reader: bitstream.Reader, model: CodecModel, sink: Callable[[in
 
 def encode_array(array: np.ndarray, quality: int = 4, *, nodata: float | None = None, domain: str = "auto",
                  tile: int = 1024, model: CodecModel | ModelSet | None = None, meta: dict | None = None, stats: dict | None = None,
-                 workers: int = 1) -> bytes:
-    """Compress a (bands, height, width) or (height, width) array to ``.sarc`` bytes (``workers``: tile processes)."""
+                 workers: int = 1, rdoq: bool = True) -> bytes:
+    """Compress a (bands, height, width) or (height, width) array to ``.sarc`` bytes (``workers``: tile processes;
+    ``rdoq``: choose the symbols by rate-distortion optimisation, see ``sarcodec.rdoq``, else round them)."""
     import io as _io
 
     a = np.asarray(array)
@@ -525,7 +533,8 @@ def encode_array(array: np.ndarray, quality: int = 4, *, nodata: float | None = 
     m = {"width": a.shape[2], "height": a.shape[1], "bands": a.shape[0], "dtype": a.dtype.name, "nodata": nodata}
     m.update(meta or {})
     buf = _io.BytesIO()
-    encode_source(ArraySource(a), m, buf, quality=quality, domain=domain, tile=tile, model=model, stats=stats, workers=workers)
+    encode_source(ArraySource(a), m, buf, quality=quality, domain=domain, tile=tile, model=model, stats=stats, workers=workers,
+                  rdoq=rdoq)
     return buf.getvalue()
 
 
@@ -585,8 +594,8 @@ def _report(src: Path, dst: Path, h: Header, nbytes: int, t0: float, npix: int |
 
 def encode_file(src: str | Path, dst: str | Path, quality: int = 4, *, force: bool = False, domain: str = "auto",
                 tile: int = 1024, model: CodecModel | ModelSet | None = None, progress: Progress | None = None,
-                workers: int = 1) -> Report:
-    """Compress a raster file to a ``.sarc`` file (atomically); ``workers``: tile processes."""
+                workers: int = 1, rdoq: bool = True) -> Report:
+    """Compress a raster file to a ``.sarc`` file (atomically); ``workers``: tile processes; ``rdoq``: see ``encode_array``."""
     from .io import atomic_output, gdal_env, open_raster, raster_metadata
 
     t0 = time.perf_counter()
@@ -596,7 +605,7 @@ def encode_file(src: str | Path, dst: str | Path, quality: int = 4, *, force: bo
         meta = raster_metadata(ds)
         with atomic_output(dst, force, src) as tmp, open(tmp, "w+b") as f:
             header = encode_source(RasterSource(ds), meta, f, quality=quality, domain=domain, tile=tile, model=model,
-                                   progress=progress, stats=stats, workers=workers)
+                                   progress=progress, stats=stats, workers=workers, rdoq=rdoq)
             f.flush()
     report = _report(src, dst, header, dst.stat().st_size, t0)
     report.exact_pixels = stats["exact_pixels"]

@@ -44,6 +44,7 @@ models whose transforms run in numpy (the fast preset) decode without importing 
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -299,6 +300,12 @@ class EntropyCoder:
 
     def hyper(self, z_sym: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.hs(z_sym)
+
+    @functools.cached_property
+    def y_bits(self) -> np.ndarray:
+        """(NUM_SCALES, width) bits of each y table index under these tables (escape indices without
+        their magnitude; entries past a row's table: inf), for the encoder's symbol choice (``sarcodec.rdoq``)."""
+        return np.where(self.y_pmf > 0, PMF_TOTAL_BITS - np.log2(np.maximum(self.y_pmf, 1)), np.inf)
 
     def encode(self, z_sym: np.ndarray, y: np.ndarray, first_group: int, offsets: np.ndarray | None = None,
                trim: bool = False) -> tuple[bytes, np.ndarray, float]:

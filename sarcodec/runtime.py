@@ -34,6 +34,7 @@ class CodecModel:
     n_params: int = 0
     recon: np.ndarray | None = None  # reconstruction offsets (qualities, NUM_SCALES, RECON_MAX); None: all 0
     fork_safe = True  # transforms may run in forked worker processes (sarcodec.parallel)
+    refinable = False  # has ``synthesis_sse`` and ``curvature``: the encoder may choose symbols by RDOQ (sarcodec.rdoq)
 
     def offsets(self, quality: int) -> np.ndarray | None:
         """The entropy coder's reconstruction offsets at ``quality`` (1-based), if the model has them."""
@@ -70,6 +71,7 @@ class TorchModel(CodecModel):
 
     modules: dict = field(default_factory=dict)
     fork_safe = False  # torch's OpenMP thread pool does not survive fork(); its transforms stay in one process
+    refinable = True
 
     def analysis(self, u: np.ndarray, quality: int) -> np.ndarray:
         import torch
@@ -92,6 +94,30 @@ class TorchModel(CodecModel):
             q = torch.tensor([quality - 1])
             yt = torch.from_numpy(np.ascontiguousarray(y_hat))[None] * self.modules["gains"].igain(q)
             return self.modules["g_s"](yt, q)[0, 0].numpy()
+
+    def synthesis_sse(self, y_hat: np.ndarray, quality: int, u: np.ndarray, valid: np.ndarray) -> tuple[float, np.ndarray]:
+        """Squared error of ``synthesis(y_hat)`` against ``u`` on the ``valid`` pixels, and its gradient
+        with respect to ``y_hat`` (same shape): what ``sarcodec.rdoq`` steers the symbols by."""
+        import torch
+
+        q = torch.tensor([quality - 1])
+        yt = torch.from_numpy(np.ascontiguousarray(y_hat, dtype=np.float32))[None].requires_grad_(True)
+        with torch.enable_grad():
+            x = self.modules["g_s"](yt * self.modules["gains"].igain(q).detach(), q)[0, 0]
+            err = (x - torch.from_numpy(np.ascontiguousarray(u, dtype=np.float32))) * torch.from_numpy(valid)
+            sse = (err * err).sum()
+            sse.backward()
+        return float(sse.detach()), yt.grad[0].numpy()
+
+    def curvature(self, quality: int) -> np.ndarray:
+        """Per latent channel, the squared norm of its basis in the synthesis' lapped (linear) part at
+        ``quality``: half the second derivative of the squared error in that latent, to first order."""
+        import torch
+
+        with torch.no_grad():
+            ig = self.modules["gains"].igain(torch.tensor([quality - 1]))[0, :, 0, 0].double()
+            w = self.modules["g_s"].lapped.weight.double()
+            return (w.pow(2).sum((1, 2, 3)) * ig * ig).numpy()
 
 
 def _lrelu(x: np.ndarray) -> np.ndarray:

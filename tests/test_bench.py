@@ -133,3 +133,9 @@ def test_resume_skips_done_work(small_bench, model):
     redone = [r for r in again["rows"] if (r["image"], r["codec"], r["setting"]) == (old["image"], "sarcodec", "q1")]
     assert len(again["rows"]) == n and len(redone) == 1 and "level_db" in redone[0]
     assert json.loads((out / "results.json").read_text())["model_id"] == model.model_id
+    # sarcodec's rows made with the other encoder setting are measured again; the anchors' are kept
+    assert all(r["rdoq"] is model.refinable for r in again["rows"] if r["codec"] == "sarcodec" and not r.get("error"))
+    rounded = bench.run(files, out, ["sarcodec"], [1, 3, 5, 7], model=model, progress=False, rdoq=False)
+    sc = [r for r in rounded["rows"] if r["codec"] == "sarcodec" and not r.get("error")]
+    assert len(rounded["rows"]) == n and len(sc) == 8 and all(r["rdoq"] is False for r in sc)
+    assert [r for r in rounded["rows"] if r["codec"] == "jpeg2000"] == [r for r in res["rows"] if r["codec"] == "jpeg2000"]
