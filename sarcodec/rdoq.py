@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .runtime import TorchModel
 
 ROUNDS = 4  # greedy rounds at most (J of 6 CNNSpeckleFilter chips at q2/q5/q7: 1 round -0.7..-0.85 %, 4 -0.8..-1.2 %, 8 -0.9..-1.3 %)
+CHUNK = 64  # latents a side refined at once (1024 pixels): bounds the memory of the synthesis' gradient
 FALLBACK = (1.0, 0.5, 0.25, 0.1)  # shares of the predicted moves tried, best first, until the measured J falls
 
 
@@ -58,12 +59,38 @@ def refine(model: "TorchModel", y_win: np.ndarray, tile: tuple[slice, slice], z_
     analysed: the encoder does not know their symbols).  ``valid``: u's pixels that count (shape of u).
     ``z_sym``: the tile's integer hyper-latent.  Returns mean + symbols for the tile's latents (so the
     coder's rounding gives exactly those symbols; uncoded ones at their mean).
+
+    A tile larger than ``CHUNK`` latents a side is refined in chunks of at most that size, one after
+    another, each with its own window (the halo the synthesis needs; chunks refined before it enter
+    with their reconstruction), so the gradient's memory stays that of a 1024 x 1024 tile.
     """
+    mean_int, sidx = model.coder.hs(np.clip(z_sym, -Z_RADIUS, Z_RADIUS).astype(np.int64))
+    r0, c0 = tile[0].start or 0, tile[1].start or 0
+    h, w = len(range(*tile[0].indices(y_win.shape[1]))), len(range(*tile[1].indices(y_win.shape[2])))
+    work = y_win.astype(np.float32)  # the window's latents; refined chunks' reconstructions replace them
+    out = np.empty((y_win.shape[0], h, w))
+    halo, s = model.halo_lat, model.stride
+    for i0 in range(0, h, CHUNK):
+        for j0 in range(0, w, CHUNK):
+            i1, j1 = min(h, i0 + CHUNK), min(w, j0 + CHUNK)
+            a0, a1 = max(0, r0 + i0 - halo), min(work.shape[1], r0 + i1 + halo)  # the chunk's window
+            b0, b1 = max(0, c0 + j0 - halo), min(work.shape[2], c0 + j1 + halo)
+            part = (slice(r0 + i0 - a0, r0 + i1 - a0), slice(c0 + j0 - b0, c0 + j1 - b0))
+            y_ref, y_hat = _search(model, work[:, a0:a1, b0:b1], part, mean_int[:, i0:i1, j0:j1], sidx[:, i0:i1, j0:j1],
+                                   u[a0 * s : a1 * s, b0 * s : b1 * s], valid[a0 * s : a1 * s, b0 * s : b1 * s],
+                                   quality, rounds)
+            out[:, i0:i1, j0:j1] = y_ref
+            work[:, r0 + i0 : r0 + i1, c0 + j0 : c0 + j1] = y_hat
+    return out
+
+
+def _search(model: "TorchModel", y_win: np.ndarray, tile: tuple[slice, slice], mean_int: np.ndarray, sidx: np.ndarray,
+            u: np.ndarray, valid: np.ndarray, quality: int, rounds: int) -> tuple[np.ndarray, np.ndarray]:
+    """The greedy rounds on the latents ``y_win[:, tile]`` (means and scale indices of those alone):
+    (mean + symbols, their reconstruction)."""
     coder = model.coder
-    mean_int, sidx = coder.hs(np.clip(z_sym, -Z_RADIUS, Z_RADIUS).astype(np.int64))
     y = y_win[:, tile[0], tile[1]].astype(np.float64)
     m, (h, w) = mean_int.shape[0], y.shape[1:]
-    mean_int, sidx = mean_int[:, :h, :w], sidx[:, :h, :w]
     mean = np.zeros_like(y)
     mean[:m] = mean_int / 2**A_FRAC_BITS
     coded = sidx >= model.cfg.first_coded_group(quality)
@@ -74,7 +101,8 @@ def refine(model: "TorchModel", y_win: np.ndarray, tile: tuple[slice, slice], z_
     curv = model.curvature(quality)[:, None, None]
 
     def recon(s: np.ndarray) -> np.ndarray:
-        return reconstruct(s.astype(np.int32).ravel(), mean_int, sidx, offsets).astype(np.float64)
+        return reconstruct(s.astype(np.int32).ravel(), np.ascontiguousarray(mean_int), np.ascontiguousarray(sidx),
+                           offsets).astype(np.float64)
 
     def measure(s: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         y_hat = recon(s)
@@ -107,4 +135,4 @@ def refine(model: "TorchModel", y_win: np.ndarray, tile: tuple[slice, slice], z_
                 break
         else:
             break
-    return mean + sym
+    return mean + sym, y_hat

@@ -88,6 +88,23 @@ def test_refine_across_tiles(s1_array):
     assert edge < 2 * np.abs(b.astype(np.float64) - crop).mean()
 
 
+def test_large_tiles_are_refined_in_chunks(s1_array, monkeypatch):
+    """A tile wider than rdoq.CHUNK latents is refined chunk by chunk (bounded memory): shrunk to 8
+    latents here, a 256-px tile is 2 x 2 chunks; the file still decodes, smaller at the same quality."""
+    crop = np.ascontiguousarray(s1_array[:, 300:556, 400:656])
+    one = sarcodec.encode_array(crop, 4, tile=256)
+    monkeypatch.setattr(rdoq, "CHUNK", 8)
+    calls = []
+    search = rdoq._search
+    monkeypatch.setattr(rdoq, "_search", lambda *a: calls.append(a[2]) or search(*a))
+    chunked = sarcodec.encode_array(crop, 4, tile=256)
+    assert len(calls) == 4 and chunked != one
+    rounded = sarcodec.encode_array(crop, 4, tile=256, rdoq=False)
+    assert len(chunked) < len(rounded)
+    (a, _), (b, _) = sarcodec.decode_array(rounded), sarcodec.decode_array(chunked)
+    assert np.mean((b.astype(np.float64) - crop) ** 2) < 1.02 * np.mean((a.astype(np.float64) - crop) ** 2)
+
+
 def test_fast_preset_rounds(chip):
     fast = sarcodec.load_model(preset="fast")
     assert sarcodec.encode_array(chip, 3, model=fast) == sarcodec.encode_array(chip, 3, model=fast, rdoq=False)
