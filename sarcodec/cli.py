@@ -111,7 +111,8 @@ WORKERS_HELP = ("Processes: for one file, tiles are coded in parallel; for sever
                 "0: automatic (up to one per core, at most 4, where it pays). Output is identical for any number.")
 PRESET_HELP = "default (best rate-distortion, torch) or fast (numpy only, several times faster)."
 RDOQ_HELP = ("Choose the latent symbols by rate-distortion optimisation (default; ~1-2 % smaller files at the same "
-             "quality, encoding ~2-3x slower, decoding unchanged); --no-rdoq rounds them. The fast preset always rounds.")
+             "quality; encoding ~1.5-2x slower on small chips, ~5x on large scenes; decoding unchanged); --no-rdoq rounds "
+             "them. The fast preset always rounds.")
 
 
 def _load(weights: Path | None, preset: str = "default"):

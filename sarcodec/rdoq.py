@@ -90,7 +90,7 @@ def _search(model: "TorchModel", y_win: np.ndarray, tile: tuple[slice, slice], m
     (mean + symbols, their reconstruction)."""
     coder = model.coder
     y = y_win[:, tile[0], tile[1]].astype(np.float64)
-    m, (h, w) = mean_int.shape[0], y.shape[1:]
+    m = mean_int.shape[0]
     mean = np.zeros_like(y)
     mean[:m] = mean_int / 2**A_FRAC_BITS
     coded = sidx >= model.cfg.first_coded_group(quality)
