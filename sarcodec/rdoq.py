@@ -66,7 +66,7 @@ def refine(model: "TorchModel", y_win: np.ndarray, tile: tuple[slice, slice], z_
     """
     mean_int, sidx = model.coder.hs(np.clip(z_sym, -Z_RADIUS, Z_RADIUS).astype(np.int64))
     r0, c0 = tile[0].start or 0, tile[1].start or 0
-    h, w = len(range(*tile[0].indices(y_win.shape[1]))), len(range(*tile[1].indices(y_win.shape[2])))
+    h, w = y_win[:, tile[0], tile[1]].shape[1:]
     work = y_win.astype(np.float32)  # the window's latents; refined chunks' reconstructions replace them
     out = np.empty((y_win.shape[0], h, w))
     halo, s = model.halo_lat, model.stride
@@ -101,8 +101,7 @@ def _search(model: "TorchModel", y_win: np.ndarray, tile: tuple[slice, slice], m
     curv = model.curvature(quality)[:, None, None]
 
     def recon(s: np.ndarray) -> np.ndarray:
-        return reconstruct(s.astype(np.int32).ravel(), np.ascontiguousarray(mean_int), np.ascontiguousarray(sidx),
-                           offsets).astype(np.float64)
+        return reconstruct(s.astype(np.int32).ravel(), mean_int, sidx, offsets).astype(np.float64)
 
     def measure(s: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         y_hat = recon(s)
