@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--sets", default="s1,float",
                     help="comma-separated evaluation sets: s1 (s1-vh-8bit), float, mstar (mstar-xband-8bit)")
     ap.add_argument("--no-rdoq", dest="rdoq", action="store_false",
-                    help="sarcodec rounds its latent instead of choosing symbols by RDOQ (the encoder's default)")
+                    help="sarcodec rounds its latent at the model's thresholds instead of choosing symbols and coded latents by RDOQ (the encoder's default)")
     args = ap.parse_args()
     sets = set(args.sets.split(","))
     if not sets or sets - {"s1", "float", "mstar"}:

@@ -38,6 +38,7 @@ from . import metrics
 from .choice import ModelSet
 from .codec import CLASS_VALID, ArraySource, fit_band, pixel_classes
 from .preprocess import BandMapping
+from .rdoq import REVISION as RDOQ_REVISION
 
 CODECS = ("sarcodec", "jpeg2000", "jpeg2000-log", "jpegxl", "avif", "lossless")
 # summarize: the anchors BD-rates are measured against, and the codecs each is compared with (None: all)
@@ -315,7 +316,9 @@ def lossless_geotiff(v: np.ndarray, compress: str) -> int:
 
 
 def bench_image(img: Image, codecs: list[str], qualities: list[int], model, done: dict, emit: Callable[[dict], None],
-                rdoq: bool = True) -> None:
+                refined: int = RDOQ_REVISION) -> None:
+    """Measure every codec at every setting not in ``done`` on one image.  ``refined``: sarcodec's
+    encoder (``sarcodec.rdoq.REVISION``, or 0 to round), recorded in its rows."""
     import imagecodecs
 
     from .codec import decode_array, encode_array
@@ -347,14 +350,14 @@ def bench_image(img: Image, codecs: list[str], qualities: list[int], model, done
         def run_sarcodec(q=q) -> None:
             stats: dict = {}
             t = time.perf_counter()
-            data = encode_array(img.values, q, nodata=img.nodata, model=model, stats=stats, rdoq=rdoq)
+            data = encode_array(img.values, q, nodata=img.nodata, model=model, stats=stats, rdoq=bool(refined))
             te = time.perf_counter() - t
             t = time.perf_counter()
             rec, _ = decode_array(data, model=model)
             td = time.perf_counter() - t
             overhead = 8 * stats["latent_bytes"] / stats["ideal_bits"] - 1 if stats["ideal_bits"] else float("nan")
             row("sarcodec", f"q{q}", len(data), rec, te, td, {"coder_overhead": overhead, "header_bytes": sarc_header_bytes(data),
-                                                                "model": stats["model"], "rdoq": rdoq})
+                                                                "model": stats["model"], "rdoq": refined})
         guarded("sarcodec", f"q{q}", run_sarcodec)
         prev = done.get((img.dataset, img.name, "sarcodec", f"q{q}"))
         if prev and not prev.get("error"):
@@ -486,14 +489,15 @@ def run(paths: list[Path], out: Path, codecs: list[str], qualities: list[int], m
     if bad:
         raise ValueError(f"unknown codec(s) {', '.join(bad)}; choose from {', '.join(CODECS)}")
     model = model or load()
-    rdoq = rdoq and model.refinable  # what the encoder will do: the fast preset always rounds
+    refined = RDOQ_REVISION if rdoq and model.refinable else 0  # what the encoder will do: the fast preset always rounds
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / "results.json"
     rows: list[dict] = json.loads(res_path.read_text())["rows"] if res_path.exists() else []
-    # a row is kept if it was made with this model (and sarcodec's, with this encoder setting; rows from
-    # before RDOQ rounded) and measured with today's metrics (level_db is the newest); older rows are measured again
+    # a row is kept if it was made with this model (and sarcodec's, with this encoder: rows record
+    # sarcodec.rdoq.REVISION or 0, rows from before RDOQ rounded, True was revision 1) and measured with
+    # today's metrics (level_db is the newest); older rows are measured again
     rows = [r for r in rows if r.get("model_id") in (None, model.model_id)
-            and (r.get("codec") != "sarcodec" or r.get("error") or r.get("rdoq", False) == rdoq)
+            and (r.get("codec") != "sarcodec" or r.get("error") or r.get("rdoq", 0) == refined)
             and (r.get("error") or r.get("codec") in ("load", "lossless") or "level_db" in r)]
     done = {(r["dataset"], r["image"], r["codec"], r["setting"]): r for r in rows}
     images = list_images(paths)
@@ -526,7 +530,7 @@ def run(paths: list[Path], out: Path, codecs: list[str], qualities: list[int], m
                     emit({"dataset": dataset, "image": path.stem, "codec": "load", "setting": "-", "error": str(e)})
                 prog.advance(task)
                 continue
-            bench_image(img, codecs, qualities, model, done, emit, rdoq)
+            bench_image(img, codecs, qualities, model, done, emit, refined)
             save()
             prog.advance(task)
     summary = summarize(rows)

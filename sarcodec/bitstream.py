@@ -6,7 +6,7 @@ group first, in its shortest form)::
     offset      size   field
     0           4      magic  b"SARC"
     4           1      major format version (7); readers refuse majors they do not know
-    5           1      minor format version (0); additive changes only
+    5           1      minor format version (1); additive changes only
     6           varint L = header length in bytes (at most 16 MiB)
     .           L      header: the binary core below, then (if anything is left of the L bytes) the
                        other fields of ``Header`` as a UTF-8 JSON object (at most 16 MiB inflated)
@@ -60,21 +60,26 @@ layout, but the last record holds the last payload's u32 CRC-32, which the reade
 opens the file, and the closing CRC covers the bytes before it alone; in the core, dtype and
 quality in a byte each, the encoder version as 3 varints X, Y, Z) without mapping bit 5: lo and hi
 always as numbers (its encoder rounded dB levels to 0.001 dB); 6.1 with mapping bit 5 (the encoder
-rounds them to 0.01 dB).  Formats 1-3
+rounds them to 0.01 dB); 7.0 (this layout) without tile flag 16.  Formats 1-3
 have a fixed 16-byte prelude -- magic, major, minor, u16 reserved, u32 L, u32 CRC-32 of the
 header -- then the header (1.x: a zlib stream; 2.x and 3.x: raw DEFLATE with
 ``HEADER_DICT``), u32 N, N records of u64 payload offset from the start of the file, u32 length and
 u32 CRC-32, and a CRC-32 of the count and the records; the payloads are the same in every format, at
-the offsets given (format 2 has no flag 4, formats 1-4.1 no flag 8).
+the offsets given (format 2 has no flag 4, formats 1-4.1 no flag 8, formats 1-7.0 no flag 16).
 
 Tile payload (one band, one tile of ``tile`` x ``tile`` pixels, smaller at the right/bottom)::
 
     0    1   flags: bit 0 = mask present, bit 1 = empty (every pixel masked, no latent),
              bit 2 = trimmed (format 3 and up: the latent's length is not a multiple of 4, its final word
              keeps only its 1-3 high-order bytes; see ``sarcodec.entropy``),
-             bit 3 = exact pixels present (format 4.2 and up)
-    1    4   (if mask present) M = length of the zlib-compressed mask (u32)
-    5    M   (if mask present) zlib stream of uint8 classes, one per pixel of the tile (row-major):
+             bit 3 = exact pixels present (format 4.2 and up),
+             bit 4 = coded scale groups follow (format 7.1 and up)
+    .    1   (if bit 4) the first scale-index group the latent codes, 0..64, instead of the model's
+             default at the file's quality (``ModelConfig.first_coded_group``): latents with a smaller
+             scale index are not coded (they decode to their mean).  The encoder's choice per tile
+             (``sarcodec.rdoq.choose_group``); absent when it is the default
+    .    4   (if mask present) M = length of the zlib-compressed mask (u32)
+    .    M   (if mask present) zlib stream of uint8 classes, one per pixel of the tile (row-major):
                0 = coded pixel, 1 = nodata / NaN, 2 = exact zero (log domain)
     .    4   (if exact pixels) E = length of their zlib stream (u32)
     .    E   (if exact pixels) zlib stream of: varint K (1 <= K <= pixels of the tile), K varints: the
@@ -103,7 +108,7 @@ from dataclasses import asdict, dataclass, field
 
 MAGIC = b"SARC"
 MAJOR = 7  # the version this writes
-MINOR = 0  # additive changes only: an older 7.x reader refuses only files that use them
+MINOR = 1  # additive changes only: an older 7.x reader refuses only files that use them (7.1: tile flag 16)
 READS = (1, 2, 3, 4, 5, 6, 7)  # majors this reader understands
 MAX_HEADER = 16 * 2**20
 MAX_DIM = 2**24
@@ -113,6 +118,8 @@ FLAG_MASK = 1
 FLAG_EMPTY = 2
 FLAG_TRIMMED = 4
 FLAG_EXACT = 8
+FLAG_GROUP = 16
+MAX_GROUP = 64  # sarcodec.entropy.NUM_SCALES: a tile that codes from group 64 codes no latent
 
 # Preset dictionary for the format-2 and format-3 header: strings that headers are made of (field names, common
 # values, the shipped models' names and ids), the likeliest last.  Small files gain most: the header
@@ -738,6 +745,8 @@ class Reader:
             raise FormatError(f"tile {index} uses a format-3 flag in a {self.version[0]}.x file")
         if b and b[0] & FLAG_EXACT and self.version < (4, 2):
             raise FormatError(f"tile {index} uses a format-4.2 flag in a {self.version[0]}.{self.version[1]} file")
+        if b and b[0] & FLAG_GROUP and self.version < (7, 1):
+            raise FormatError(f"tile {index} uses a format-7.1 flag in a {self.version[0]}.{self.version[1]} file")
         return b
 
 
@@ -782,12 +791,18 @@ class ExactPixels:
     values: bytes
 
 
-def pack_tile(latent: bytes, mask: "bytes | None" = None, empty: bool = False, exact: ExactPixels | None = None) -> bytes:
-    """Tile payload: flags, optional zlib mask of per-pixel classes, optional exact pixels, latent words
-    (the last one possibly trimmed)."""
+def pack_tile(latent: bytes, mask: "bytes | None" = None, empty: bool = False, exact: ExactPixels | None = None,
+              group: int | None = None) -> bytes:
+    """Tile payload: flags, optional first coded scale group, optional zlib mask of per-pixel classes,
+    optional exact pixels, latent words (the last one possibly trimmed)."""
     flags = ((FLAG_MASK if mask is not None else 0) | (FLAG_EMPTY if empty else 0)
-             | (FLAG_TRIMMED if len(latent) % 4 else 0) | (FLAG_EXACT if exact is not None else 0))
+             | (FLAG_TRIMMED if len(latent) % 4 else 0) | (FLAG_EXACT if exact is not None else 0)
+             | (FLAG_GROUP if group is not None else 0))
     out = [bytes([flags])]
+    if group is not None:
+        if not 0 <= group <= MAX_GROUP:
+            raise ValueError(f"scale group {group} out of range 0..{MAX_GROUP}")
+        out.append(bytes([group]))
     if mask is not None:
         z = zlib.compress(mask, 9)
         out += [struct.pack("<I", len(z)), z]
@@ -839,15 +854,19 @@ def _unpack_exact(z: bytes, npix: int, itemsize: int) -> ExactPixels:
     return ExactPixels(index, raw[pos:])
 
 
-def unpack_tile(payload: bytes, npix: int, itemsize: int) -> tuple[bytes | None, bool, bytes, ExactPixels | None]:
-    """-> (mask classes as bytes of length npix or None, empty, latent bytes, exact pixels or None);
-    ``itemsize``: bytes per value of the header's dtype."""
+def unpack_tile(payload: bytes, npix: int, itemsize: int) -> tuple[bytes | None, bool, bytes, ExactPixels | None, int | None]:
+    """-> (mask classes as bytes of length npix or None, empty, latent bytes, exact pixels or None,
+    first coded scale group or None: the model's default); ``itemsize``: bytes per value of the header's dtype."""
     if not payload:
         raise FormatError("empty tile payload")
     flags = payload[0]
-    if flags & ~(FLAG_MASK | FLAG_EMPTY | FLAG_TRIMMED | FLAG_EXACT):
+    if flags & ~(FLAG_MASK | FLAG_EMPTY | FLAG_TRIMMED | FLAG_EXACT | FLAG_GROUP):
         raise FormatError("unknown tile flags")
-    pos, mask, exact = 1, None, None
+    pos, mask, exact, group = 1, None, None, None
+    if flags & FLAG_GROUP:
+        if len(payload) < 2 or payload[1] > MAX_GROUP:
+            raise FormatError("tile scale group missing or out of range")
+        pos, group = 2, payload[1]
     if flags & FLAG_MASK:
         z, pos = _section(payload, pos, "mask")
         mask = _inflate(z, npix, "mask")
@@ -862,10 +881,10 @@ def unpack_tile(payload: bytes, npix: int, itemsize: int) -> tuple[bytes | None,
             raise FormatError("tile exact pixels lie on masked pixels")
     empty = bool(flags & FLAG_EMPTY)
     latent = payload[pos:]
-    if empty and (latent or exact is not None):
-        raise FormatError("empty tile carries latent data or exact pixels")
+    if empty and (latent or exact is not None or group is not None):
+        raise FormatError("empty tile carries latent data, exact pixels or a scale group")
     if bool(flags & FLAG_TRIMMED) != bool(len(latent) % 4):
         raise FormatError("latent length does not match the tile flags")
     if empty and (mask is None or 0 in mask):
         raise FormatError("empty tile without a full mask")
-    return mask, empty, latent, exact
+    return mask, empty, latent, exact, group

@@ -110,8 +110,9 @@ def _parse_window(s: str | None) -> tuple[int, int, int, int] | None:
 WORKERS_HELP = ("Processes: for one file, tiles are coded in parallel; for several, files are. "
                 "0: automatic (up to one per core, at most 4, where it pays). Output is identical for any number.")
 PRESET_HELP = "default (best rate-distortion, torch) or fast (numpy only, several times faster)."
-RDOQ_HELP = ("Choose the latent symbols by rate-distortion optimisation (default; ~1-2 % smaller files at the same "
-             "quality; encoding ~1.5-2x slower on small chips, ~5x on large scenes; decoding unchanged); --no-rdoq rounds "
+RDOQ_HELP = ("Choose the latent symbols, and which latents each tile codes, by rate-distortion optimisation (default; "
+             "~1-3 % smaller files at the same "
+             "quality; encoding ~2x slower on small chips, ~6x on large scenes; decoding unchanged); --no-rdoq rounds "
              "them. The fast preset always rounds.")
 
 

@@ -295,14 +295,16 @@ class Encoder:
         hz, wz = -(-h // 4) * 4, -(-w // 4) * 4
         # edge values, not zeros: the fast preset's 4x4 macro scale blocks would otherwise average real
         # latents with zeros, predict too small a scale and skip real content (encoder-side only)
-        z = np.round(self.model.hyper_analysis(np.pad(y, ((0, 0), (0, hz - h), (0, wz - w)), mode="edge")))
+        z = np.round(self.model.hyper_analysis(np.pad(y, ((0, 0), (0, hz - h), (0, wz - w)), mode="edge"))).astype(np.int64)
+        group = default = self.model.cfg.first_coded_group(self.quality)
         if self.rdoq:
             valid = np.zeros(u.shape, dtype=bool)
             valid[: cls.shape[0], : cls.shape[1]] = cls == CLASS_VALID
-            y = rdoq.refine(self.model, y_win, lat, z.astype(np.int64), u, valid, self.quality)
-        latent, _, bits = self.model.coder.encode(z.astype(np.int64), y, self.model.cfg.first_coded_group(self.quality),
-                                                  trim=True)
-        return bitstream.pack_tile(latent, mask, exact=exact), bits, len(latent), len(exact.index) if exact else 0
+            group = rdoq.choose_group(self.model, y_win, lat, z, u, valid, self.quality)
+            y = rdoq.refine(self.model, y_win, lat, z, u, valid, self.quality, first_group=group)
+        latent, _, bits = self.model.coder.encode(z, y, group, trim=True)
+        payload = bitstream.pack_tile(latent, mask, exact=exact, group=None if group == default else group)
+        return payload, bits, len(latent), len(exact.index) if exact else 0
 
 
 class Decoder:
@@ -431,8 +433,8 @@ def encode_source(source: BandSource, meta: dict, out, *, quality: int = 4, doma
     ``workers`` > 1 encodes tiles in that many forked processes (see ``sarcodec.parallel``; 0: one
     per core, at most 4; the default model always encodes in this process); the bytes are the
     same for any number.  ``model``: one model, or a set to choose from (default: the default
-    preset's).  ``rdoq``: the chosen model's symbols by rate-distortion optimisation (``sarcodec.rdoq``;
-    torch models only) rather than rounding.  ``stats``, if given, receives ``ideal_bits`` and ``latent_bytes`` (entropy-coder
+    preset's).  ``rdoq``: the chosen model's symbols, and the latents each tile codes, by rate-distortion
+    optimisation (``sarcodec.rdoq``; torch models only) rather than rounding at the model's thresholds.  ``stats``, if given, receives ``ideal_bits`` and ``latent_bytes`` (entropy-coder
     overhead check), ``exact_pixels`` (how many were stored verbatim), ``model`` (the one used) and,
     where there was a choice, each model's ``choice`` cost.
     """
@@ -471,7 +473,7 @@ def decode_latent(model: CodecModel, payload: bytes, npix: int, y_hw: tuple[int,
     """Entropy-decode one tile: its latent y (M, h, w), its pixel-class mask (None: all valid) and
     its exact pixels (None: none)."""
     try:
-        mask, empty, latent, exact = bitstream.unpack_tile(payload, npix, itemsize)
+        mask, empty, latent, exact, group = bitstream.unpack_tile(payload, npix, itemsize)
     except FormatError as e:
         raise FormatError(f"tile {index}: {e}") from None
     h, w = y_hw
@@ -479,7 +481,8 @@ def decode_latent(model: CodecModel, payload: bytes, npix: int, y_hw: tuple[int,
         return np.zeros((model.cfg.latent, h, w), dtype=np.float32), mask, exact
     try:
         z_shape = (model.cfg.hyper, -(-h // 4), -(-w // 4))
-        y = model.coder.decode(latent, z_shape, y_hw, model.cfg.first_coded_group(quality), model.offsets(quality))
+        first = model.cfg.first_coded_group(quality) if group is None else group
+        y = model.coder.decode(latent, z_shape, y_hw, first, model.offsets(quality))
         return y, mask, exact
     except (ValueError, RuntimeError) as e:
         raise FormatError(f"tile {index} cannot be entropy-decoded ({e})") from None
@@ -520,7 +523,7 @@ def encode_array(array: np.ndarray, quality: int = 4, *, nodata: float | None = 
                  tile: int = 1024, model: CodecModel | ModelSet | None = None, meta: dict | None = None, stats: dict | None = None,
                  workers: int = 1, rdoq: bool = True) -> bytes:
     """Compress a (bands, height, width) or (height, width) array to ``.sarc`` bytes (``workers``: tile processes;
-    ``rdoq``: choose the symbols by rate-distortion optimisation, see ``sarcodec.rdoq``, else round them)."""
+    ``rdoq``: choose the symbols and coded latents by rate-distortion optimisation, see ``sarcodec.rdoq``, else round them)."""
     import io as _io
 
     a = np.asarray(array)

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from sarcodec import bench, metrics
+from sarcodec import bench, metrics, rdoq
 
 from .conftest import EVAL, need
 
@@ -133,9 +133,17 @@ def test_resume_skips_done_work(small_bench, model):
     redone = [r for r in again["rows"] if (r["image"], r["codec"], r["setting"]) == (old["image"], "sarcodec", "q1")]
     assert len(again["rows"]) == n and len(redone) == 1 and "level_db" in redone[0]
     assert json.loads((out / "results.json").read_text())["model_id"] == model.model_id
-    # sarcodec's rows made with the other encoder setting are measured again; the anchors' are kept
-    assert all(r["rdoq"] is model.refinable for r in again["rows"] if r["codec"] == "sarcodec" and not r.get("error"))
+    # sarcodec's rows made with another encoder (setting or RDOQ revision) are measured again; the anchors' are kept
+    refined = rdoq.REVISION if model.refinable else 0
+    assert all(r["rdoq"] == refined for r in again["rows"] if r["codec"] == "sarcodec" and not r.get("error"))
+    if model.refinable:  # a row of RDOQ's first revision (recorded as true) is measured again
+        doc = json.loads((out / "results.json").read_text())
+        next(r for r in doc["rows"] if r["codec"] == "sarcodec" and not r.get("error"))["rdoq"] = True
+        (out / "results.json").write_text(json.dumps(doc))
+        again = bench.run(files, out, ["sarcodec"], [1, 3, 5, 7], model=model, progress=False)
+        assert len(again["rows"]) == n and all(r["rdoq"] == refined for r in again["rows"]
+                                               if r["codec"] == "sarcodec" and not r.get("error"))
     rounded = bench.run(files, out, ["sarcodec"], [1, 3, 5, 7], model=model, progress=False, rdoq=False)
     sc = [r for r in rounded["rows"] if r["codec"] == "sarcodec" and not r.get("error")]
-    assert len(rounded["rows"]) == n and len(sc) == 8 and all(r["rdoq"] is False for r in sc)
+    assert len(rounded["rows"]) == n and len(sc) == 8 and all(r["rdoq"] == 0 for r in sc)
     assert [r for r in rounded["rows"] if r["codec"] == "jpeg2000"] == [r for r in res["rows"] if r["codec"] == "jpeg2000"]

@@ -235,7 +235,7 @@ def test_version():
 
     r = run_cli("--version")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith(f"sarcodec {sarcodec.__version__} (writes .sarc 7.0;") and DEFAULT_MODEL in r.stdout
+    assert r.stdout.startswith(f"sarcodec {sarcodec.__version__} (writes .sarc 7.1;") and DEFAULT_MODEL in r.stdout
 
 
 def test_bench_default_codecs_and_unknown_codec(tmp_path):

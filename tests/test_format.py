@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import sarcodec
-from sarcodec import bitstream, codec, preprocess
+from sarcodec import bitstream, codec, preprocess, rdoq
 from sarcodec.bitstream import FormatError, Header
 from sarcodec.codec import decode_latents
 from sarcodec.weights import bundled_path
@@ -62,8 +62,8 @@ def test_newer_minor_version_is_named(model, s1_array, monkeypatch):
     # A 7.x reader refuses what a newer minor version adds, and says why
     data = small_file(model, s1_array)
     levels = [{"domain": "db", "lo": -23.45, "hi": -3.21}]
-    for minor, says in ((1, r"malformed; the file is format 7\.1, newer than this sarcodec \(7\.0\): update sarcodec"),
-                        (0, r"header band mapping malformed$")):
+    for minor, says in ((2, r"malformed; the file is format 7\.2, newer than this sarcodec \(7\.1\): update sarcodec"),
+                        (1, r"header band mapping malformed$")):
         with monkeypatch.context() as m:
             m.setattr(bitstream, "MINOR", minor)
             m.setattr(bitstream, "MAP_CENTI", 64)  # stands in for a mapping bit this reader does not know
@@ -263,7 +263,7 @@ def test_shipped_models_are_named_by_number(s1_array, monkeypatch):
     m = sarcodec.load_model(bundled_path("sarcodec-hp7s3"))
     data = sarcodec.encode_array(s1_array[0, :96, :96], 2, model=m)
     r = bitstream.Reader(io.BytesIO(data), len(data))
-    assert r.header.model_id == m.model_id and r.version == (7, 0) and b"hp7s3" not in stored_header(data)
+    assert r.header.model_id == m.model_id and r.version == (7, 1) and b"hp7s3" not in stored_header(data)
     assert stored_header(data)[5] == bitstream.MODEL_INDEX[(m.name, m.model_id)] == 15
     assert sarcodec.decode_array(data)[0].shape == (1, 96, 96)
     mine = dataclasses.replace(r.header, model_name="mine", model_id="0123456789abcdef")  # not shipped: named in full
@@ -307,7 +307,7 @@ def test_format_1_1_file_still_decodes(tmp_path, monkeypatch):
     monkeypatch.setattr(codec, "pad_to", edge_padded)  # the 53 x 53 chip is extended to 64 x 64
     like_old_encoders(monkeypatch)
     sarcodec.encode_file(src, new, quality=3, model=sarcodec.load_model(bundled_path("sarcodec-hp3")), rdoq=False)
-    assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "7.0"
+    assert sarcodec.info(old)["format_version"] == "1.1" and sarcodec.info(new)["format_version"] == "7.1"
     old_b, new_b = old.read_bytes(), new.read_bytes()
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
@@ -324,6 +324,12 @@ def test_format_1_1_file_still_decodes(tmp_path, monkeypatch):
     assert a.dtype == np.uint16 and np.array_equal(a, b)
 
 
+def default_groups(monkeypatch) -> None:
+    """Code every tile from the model's default scale group, as encoders before format 7.1 did (the
+    tests that write older formats: those cannot name another)."""
+    monkeypatch.setattr(rdoq, "choose_group", lambda m, *args: m.cfg.first_coded_group(args[-1]))
+
+
 def test_format_4_files_decode_as_a_new_file_does(model, s1_array, monkeypatch):
     # Format 5 changed only how the header is stored: a 4.x file has the same header and payloads.
     # The fixture was written by sarcodec 0.1 in format 4.2 (hp7s4, q2, 128 x 128 tiles) from
@@ -334,11 +340,12 @@ def test_format_4_files_decode_as_a_new_file_does(model, s1_array, monkeypatch):
                                   rdoq=False)
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
-    assert r_old.version == (4, 2) and r_new.version == (7, 0) and r_old.header == r_new.header
+    assert r_old.version == (4, 2) and r_new.version == (7, 1) and r_old.header == r_new.header
     assert [r_old.payload(i) for i in range(6)] == [r_new.payload(i) for i in range(6)]
     assert r_old.payload(1)[0] & bitstream.FLAG_EXACT
     assert np.array_equal(sarcodec.decode_array(old_b)[0], sarcodec.decode_array(new_b)[0])
     assert len(new_b) < len(old_b)
+    default_groups(monkeypatch)
     new = small_file(model, s1_array)  # and what this sarcodec writes as 4.0 (tests only) decodes as 5.0 does
     monkeypatch.setattr(bitstream, "MAJOR", 4)
     monkeypatch.setattr(bitstream, "MINOR", 0)
@@ -370,7 +377,7 @@ def test_format_5_file_decodes_as_a_new_file_does(tmp_path, monkeypatch):
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
     # the tag GDAL reports for a GeoTIFF with a CRS is no longer stored (the decoded file reports it all the same)
     assert r_old.header.tags == {"AREA_OR_POINT": "Area"} and r_new.header.tags == {}
-    assert r_old.version == (5, 0) and r_new.version == (7, 0) and dataclasses.replace(r_old.header, tags={}) == r_new.header
+    assert r_old.version == (5, 0) and r_new.version == (7, 1) and dataclasses.replace(r_old.header, tags={}) == r_new.header
     assert r_new.header.crs == "EPSG:32631" and r_new.header.descriptions == ["VV"] and r_new.header.encoder.startswith("sarcodec ")
     assert [r_old.payload(i) for i in range(6)] == [r_new.payload(i) for i in range(6)]
     assert np.array_equal(sarcodec.decode_array(old_b)[0], sarcodec.decode_array(new_b)[0])
@@ -393,7 +400,7 @@ def test_format_6_0_file_decodes_as_a_new_file_does(monkeypatch):
         new_b = sarcodec.encode_array(sea_with_ship("float32")[0], 2, model=hp7s4, tile=128, rdoq=False)
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
-    assert r_old.version == (6, 0) and r_new.version == (7, 0) and r_old.header == r_new.header
+    assert r_old.version == (6, 0) and r_new.version == (7, 1) and r_old.header == r_new.header
     assert [r_old.payload(i) for i in range(6)] == [r_new.payload(i) for i in range(6)]
     assert np.array_equal(sarcodec.decode_array(old_b)[0], sarcodec.decode_array(new_b)[0])
     assert len(new_b) == len(old_b) - 7  # format 7: the last tile's CRC, the quality's byte, 2 of the encoder version
@@ -416,7 +423,7 @@ def test_format_6_1_file_decodes_as_a_new_file_does():
                                   tile=128, meta=meta, rdoq=False)
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
-    assert r_old.version == (6, 1) and r_new.version == (7, 0) and r_old.header == r_new.header
+    assert r_old.version == (6, 1) and r_new.version == (7, 1) and r_old.header == r_new.header
     assert r_new.header.transform == meta["transform"] and r_new.header.descriptions == ["VV"]
     assert [r_old.payload(i) for i in range(6)] == [r_new.payload(i) for i in range(6)]
     assert [e.crc for e in r_old.entries] == [e.crc for e in r_new.entries]  # the last one from its payload in 7.0
@@ -446,11 +453,34 @@ def test_bright_point_target_decodes_exactly(model, dtype, monkeypatch):
 
 def test_exact_pixels_are_refused_in_an_older_4_x_file(model, monkeypatch):
     a, _ = sea_with_ship("float32")
+    default_groups(monkeypatch)
     monkeypatch.setattr(bitstream, "MAJOR", 4)
     monkeypatch.setattr(bitstream, "MINOR", 1)
     data = sarcodec.encode_array(a, 2, model=model, tile=128)
     with pytest.raises(FormatError, match=r"tile 1 uses a format-4\.2 flag in a 4\.1 file"):
         sarcodec.decode_array(data, model=model)
+
+
+def test_scale_group_of_a_tile(model, s1_array, monkeypatch):
+    ok = bitstream.pack_tile(b"\0" * 4, group=12)
+    assert ok[:2] == bytes([bitstream.FLAG_GROUP, 12]) and bitstream.unpack_tile(ok, 10, 4)[4] == 12
+    assert bitstream.unpack_tile(bitstream.pack_tile(b"\0" * 4), 10, 4)[4] is None  # the model's default
+    for bad in (bytes([bitstream.FLAG_GROUP]), bytes([bitstream.FLAG_GROUP, 65]) + b"\0" * 4):
+        with pytest.raises(FormatError, match="scale group missing or out of range"):
+            bitstream.unpack_tile(bad, 10, 4)
+    mask = zlib.compress(bytes([1] * 10))
+    empty = bytes([bitstream.FLAG_GROUP | bitstream.FLAG_EMPTY | bitstream.FLAG_MASK, 3]) + struct.pack("<I", len(mask)) + mask
+    with pytest.raises(FormatError, match="empty tile carries"):
+        bitstream.unpack_tile(empty, 10, 4)
+    # the flag is format 7.1's: a 7.0 file that has it is refused (and a 7.0 reader refuses it as an unknown flag)
+    monkeypatch.setattr(bitstream, "MINOR", 0)
+    monkeypatch.setattr(rdoq, "choose_group", lambda m, *args: m.cfg.first_coded_group(args[-1]) + 2)  # always another
+    data = sarcodec.encode_array(s1_array[0, :128, :128], 4, tile=128, model=model)
+    if model.refinable:
+        with pytest.raises(FormatError, match=r"tile 0 uses a format-7\.1 flag in a 7\.0 file"):
+            sarcodec.decode_array(data, model=model)
+    else:  # the fast preset rounds: it never names a group
+        assert not bitstream.Reader(io.BytesIO(data), len(data)).payload(0)[0] & bitstream.FLAG_GROUP
 
 
 def test_corrupt_exact_pixels_are_rejected():
@@ -503,7 +533,7 @@ def test_format_2_and_3_files_decode_as_a_new_file_does(fixture, version, tmp_pa
             new_b = sarcodec.encode_array(ds.read()[:, :128, :160], 8, model=hp7, rdoq=False)
     r_old = bitstream.Reader(io.BytesIO(old_b), len(old_b))
     r_new = bitstream.Reader(io.BytesIO(new_b), len(new_b))
-    assert r_old.version == version and r_new.version == (7, 0)
+    assert r_old.version == version and r_new.version == (7, 1)
     assert r_old.header == r_new.header
     assert [r_old.payload(i) for i in range(r_old.header.n_tiles)] == [r_new.payload(i) for i in range(r_new.header.n_tiles)]
     a, _ = sarcodec.decode_array(old_b)
@@ -606,7 +636,7 @@ def test_small_tiles_are_trimmed(model, s1_array):
     assert trimmed >= 2
     big = sarcodec.encode_array(s1_array[0, :512, :512], 8, model=model, tile=512)  # latent >> TRIM_MAX_BYTES
     r = bitstream.Reader(io.BytesIO(big), len(big))
-    assert r.version == (7, 0) and not r.payload(0)[0] & bitstream.FLAG_TRIMMED
+    assert r.version == (7, 1) and not r.payload(0)[0] & bitstream.FLAG_TRIMMED
 
 
 def test_trimmed_tile_in_a_2_x_file_is_rejected():

@@ -1,12 +1,15 @@
 """The encoder's rate-distortion optimised quantisation (sarcodec.rdoq): what it changes and what it must not."""
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 
 import sarcodec
-from sarcodec import rdoq
+from sarcodec import bitstream, rdoq
 from sarcodec.entropy import Z_RADIUS
+from sarcodec.weights import load_preset
 
 from .conftest import EVAL, need, run_cli, sha
 
@@ -29,6 +32,15 @@ def member():
     return sarcodec.load_model(bundled_path("sarcodec-hp7h"))
 
 
+def normalised(chip: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The chip as the encoder hands it to the model, and its valid pixels."""
+    from sarcodec.codec import CLASS_VALID, ArraySource, fit_band, model_input, pixel_classes
+
+    mapping = fit_band(ArraySource(chip), 0, chip.dtype, None, "auto")
+    cls = pixel_classes(chip[0], None, mapping.domain)
+    return model_input(chip[0], cls, mapping), cls == CLASS_VALID
+
+
 def _cost(model, u: np.ndarray, y: np.ndarray, z: np.ndarray, quality: int) -> tuple[float, float]:
     """(bits of the coded latent, squared error of its decoded image) when ``y`` is handed to the coder."""
     _, y_hat, bits = model.coder.encode(z, y, model.cfg.first_coded_group(quality), model.offsets(quality))
@@ -38,15 +50,11 @@ def _cost(model, u: np.ndarray, y: np.ndarray, z: np.ndarray, quality: int) -> t
 
 @pytest.mark.parametrize("quality", [2, 6])
 def test_refine_lowers_the_rate_distortion_cost(chip, member, quality):
-    from sarcodec.codec import CLASS_VALID, ArraySource, fit_band, model_input, pixel_classes
-
-    mapping = fit_band(ArraySource(chip), 0, chip.dtype, None, "auto")
-    cls = pixel_classes(chip[0], None, mapping.domain)
-    u = model_input(chip[0], cls, mapping)
+    u, valid = normalised(chip)
     y = member.analysis(u, quality)
     z = np.clip(np.round(member.hyper_analysis(y)), -Z_RADIUS, Z_RADIUS).astype(np.int64)
     everything = (slice(None), slice(None))
-    y_ref = rdoq.refine(member, y, everything, z, u, cls == CLASS_VALID, quality)
+    y_ref = rdoq.refine(member, y, everything, z, u, valid, quality)
     lam = member.cfg.lambdas[quality - 1] * 255.0**2
     b0, e0 = _cost(member, u, y, z, quality)
     b1, e1 = _cost(member, u, y_ref, z, quality)
@@ -73,19 +81,54 @@ def test_refined_files_are_smaller_at_the_same_quality_and_deterministic(chip):
 
 
 def test_refine_across_tiles(s1_array):
-    """Tiles refined one by one (their neighbours' latents as analysed) still decode seamlessly."""
+    """Tiles refined one by one (their neighbours' latents as analysed) still decode seamlessly, and
+    the file costs less J = bits + lambda * SSE (8-bit values, about the models' normalised domain)."""
     crop = np.ascontiguousarray(s1_array[:, 100:484, 200:584])  # 384 x 384: 2 x 2 tiles of 256, partial ones
     rounded = sarcodec.encode_array(crop, 5, tile=256, rdoq=False)
     refined = sarcodec.encode_array(crop, 5, tile=256)
     assert len(refined) < len(rounded)
     (a, _), (b, _) = sarcodec.decode_array(rounded), sarcodec.decode_array(refined)
+    lam = load_preset().models[0].cfg.lambdas[5 - 1]
 
-    def psnr(x: np.ndarray) -> float:
-        return 10 * np.log10(255.0**2 / np.mean((x.astype(np.float64) - crop) ** 2))
+    def sse(x: np.ndarray) -> float:
+        return float(((x.astype(np.float64) - crop) ** 2).sum())
 
-    assert psnr(b) > psnr(a) - 0.1
+    assert 8 * len(refined) + lam * sse(b) < 8 * len(rounded) + lam * sse(a)
+    assert sse(b) < 1.05 * sse(a)  # 0.2 dB
     edge = np.abs(b[0, 250:262].astype(np.float64) - crop[0, 250:262]).mean()  # across the tile seam
     assert edge < 2 * np.abs(b.astype(np.float64) - crop).mean()
+
+
+def test_the_tile_codes_from_the_scale_group_of_lowest_cost(chip, member):
+    """choose_group ends where group_cost is lowest among its neighbours, never above the default's."""
+    u, valid = normalised(chip)
+    everything = (slice(None), slice(None))
+    for quality in (1, 8):
+        y = member.analysis(u, quality)
+        z = np.clip(np.round(member.hyper_analysis(y)), -Z_RADIUS, Z_RADIUS).astype(np.int64)
+        group = rdoq.choose_group(member, y, everything, z, u, valid, quality)
+        cost = {g: rdoq.group_cost(member, y, everything, z, u, valid, quality, g) for g in range(group - 1, group + 2)}
+        default = member.cfg.first_coded_group(quality)
+        assert cost[group] < min(cost[group - 1], cost[group + 1])
+        assert cost[group] <= rdoq.group_cost(member, y, everything, z, u, valid, quality, default)
+
+
+def test_a_tile_names_the_scale_group_it_codes_from(chip, member, monkeypatch):
+    """A group other than the model's default is written in the tile (format 7.1) and decoded from it:
+    coding from a higher group leaves more latents at their mean (smaller, coarser), 64 codes none."""
+    default = member.cfg.first_coded_group(3)
+    sizes, errors = [], []
+    for group in (default, default + 4, 64):
+        monkeypatch.setattr(rdoq, "choose_group", lambda *args, g=group: g)
+        data = sarcodec.encode_array(chip, 3, model=member)
+        reader = bitstream.Reader(io.BytesIO(data), len(data))
+        payload = reader.payload(0)
+        assert reader.version == (7, 1) and bool(payload[0] & bitstream.FLAG_GROUP) == (group != default)
+        assert group == default or payload[1] == group
+        rec = sarcodec.decode_array(data, model=member)[0]
+        sizes.append(len(data))
+        errors.append(float(np.mean((np.log(rec.astype(np.float64)) - np.log(chip.astype(np.float64))) ** 2)))
+    assert sizes[0] > sizes[1] > sizes[2] and errors[0] < errors[1] < errors[2]
 
 
 def test_large_tiles_are_refined_in_chunks(s1_array, monkeypatch):
