@@ -147,16 +147,16 @@ def _search(model: "TorchModel", y_win: np.ndarray, tile: tuple[slice, slice], m
     def recon(s: np.ndarray) -> np.ndarray:
         return reconstruct(s.astype(np.int32).ravel(), mean_int, sidx, offsets).astype(np.float64)
 
-    def measure(s: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    def measure(s: np.ndarray, gradient: bool = True) -> tuple[float, np.ndarray | None, np.ndarray]:
         y_hat = recon(s)
         win = y_win.astype(np.float32)  # copy; the neighbours' latents as analysed
         win[:, tile[0], tile[1]] = y_hat
-        sse, grad = model.synthesis_sse(win, quality, u, valid)
+        sse, grad = model.synthesis_sse(win, quality, u, valid, gradient)
         bits = float(costs(s)[coded].sum())
-        return bits + lam * sse, grad[:, tile[0], tile[1]].astype(np.float64), y_hat
+        return bits + lam * sse, None if grad is None else grad[:, tile[0], tile[1]].astype(np.float64), y_hat
 
     best_j, grad, y_hat = measure(sym)
-    for _ in range(rounds):
+    for r in range(rounds):
         now = costs(sym)
         gain, move = np.zeros(sym.shape), sym.copy()
         for step in (-1, 1):
@@ -172,7 +172,7 @@ def _search(model: "TorchModel", y_win: np.ndarray, tile: tuple[slice, slice], m
         for share in FALLBACK:
             pick = helps if share == 1.0 else helps & (gain <= np.quantile(gain[helps], share))
             trial = np.where(pick, move, sym)
-            j, g, yh = measure(trial)
+            j, g, yh = measure(trial, gradient=r < rounds - 1)  # the last round's is never used
             if j < best_j:
                 sym, best_j, grad, y_hat = trial, j, g, yh
                 break

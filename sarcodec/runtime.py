@@ -95,19 +95,22 @@ class TorchModel(CodecModel):
             yt = torch.from_numpy(np.ascontiguousarray(y_hat))[None] * self.modules["gains"].igain(q)
             return self.modules["g_s"](yt, q)[0, 0].numpy()
 
-    def synthesis_sse(self, y_hat: np.ndarray, quality: int, u: np.ndarray, valid: np.ndarray) -> tuple[float, np.ndarray]:
-        """Squared error of ``synthesis(y_hat)`` against ``u`` on the ``valid`` pixels, and its gradient
-        with respect to ``y_hat`` (same shape): what ``sarcodec.rdoq`` steers the symbols by."""
+    def synthesis_sse(self, y_hat: np.ndarray, quality: int, u: np.ndarray, valid: np.ndarray,
+                      gradient: bool = True) -> tuple[float, np.ndarray | None]:
+        """Squared error of ``synthesis(y_hat)`` against ``u`` on the ``valid`` pixels, and (unless not
+        asked for: None) its gradient with respect to ``y_hat`` (same shape): what ``sarcodec.rdoq``
+        steers the symbols by."""
         import torch
 
         q = torch.tensor([quality - 1])
-        yt = torch.from_numpy(np.ascontiguousarray(y_hat, dtype=np.float32))[None].requires_grad_(True)
-        with torch.enable_grad():
+        yt = torch.from_numpy(np.ascontiguousarray(y_hat, dtype=np.float32))[None].requires_grad_(gradient)
+        with torch.set_grad_enabled(gradient):
             x = self.modules["g_s"](yt * self.modules["gains"].igain(q).detach(), q)[0, 0]
             err = (x - torch.from_numpy(np.ascontiguousarray(u, dtype=np.float32))) * torch.from_numpy(valid)
             sse = (err * err).sum()
-            sse.backward()
-        return float(sse.detach()), yt.grad[0].numpy()
+            if gradient:
+                sse.backward()
+        return float(sse.detach()), yt.grad[0].numpy() if gradient else None
 
     def curvature(self, quality: int) -> np.ndarray:
         """Per latent channel, the squared norm of its basis in the synthesis' lapped (linear) part at
