@@ -73,7 +73,7 @@ Tile payload (one band, one tile of ``tile`` x ``tile`` pixels, smaller at the r
              bit 2 = trimmed (format 3 and up: the latent's length is not a multiple of 4, its final word
              keeps only its 1-3 high-order bytes; see ``sarcodec.entropy``),
              bit 3 = exact pixels present (format 4.2 and up),
-             bit 4 = coded scale groups follow (format 7.1 and up)
+             bit 4 = first coded scale group follows (format 7.1 and up)
     .    1   (if bit 4) the first scale-index group the latent codes, 0..64, instead of the model's
              default at the file's quality (``ModelConfig.first_coded_group``): latents with a smaller
              scale index are not coded (they decode to their mean).  The encoder's choice per tile
