@@ -67,9 +67,9 @@ def group_cost(model: "TorchModel", y_win: np.ndarray, tile: tuple[slice, slice]
     _, y_hat, bits = model.coder.encode(z_sym, y_win[:, tile[0], tile[1]], group, model.offsets(quality))
     win = y_win.copy()
     win[:, tile[0], tile[1]] = y_hat
-    err = (model.synthesis(win, quality).astype(np.float64) - u)[valid]
+    sse, _ = model.synthesis_sse(win, quality, u, valid, gradient=False)
     side = 8 if group != model.cfg.first_coded_group(quality) else 0
-    return bits + side + model.cfg.lambdas[quality - 1] * 255.0**2 * float(err @ err)
+    return bits + side + model.cfg.lambdas[quality - 1] * 255.0**2 * sse
 
 
 def choose_group(model: "TorchModel", y_win: np.ndarray, tile: tuple[slice, slice], z_sym: np.ndarray, u: np.ndarray,
